@@ -1,0 +1,3 @@
+from ocpp2mqtt.cli import main
+
+raise SystemExit(main())

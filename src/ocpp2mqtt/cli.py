@@ -1,0 +1,120 @@
+"""Command line: `ocpp2mqtt [run]` starts the gateway; configuration comes from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import signal
+import sys
+from pathlib import Path
+
+from ocpp2mqtt import __version__
+from ocpp2mqtt.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("ocpp2mqtt")
+
+
+def setup_logging(settings: Settings) -> None:
+    formatter = logging.Formatter(settings.log_format, settings.log_date_format)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if settings.log_file:
+        Path(settings.log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                settings.log_file,
+                maxBytes=settings.log_max_size,
+                backupCount=settings.log_backup_count,
+                encoding="utf-8",
+            )
+        )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # Library chatter stays at WARNING unless we debug.
+    for name in ("websockets", "ocpp2mqtt.paho"):
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
+        )
+
+
+async def run_gateway(settings: Settings) -> None:
+    from ocpp2mqtt.broker import EmbeddedBroker, broker_reachable
+    from ocpp2mqtt.gateway import Gateway
+
+    broker = None
+    if (
+        settings.embedded_broker == "auto"
+        and settings.mqtt_transport == "tcp"
+        and settings.mqtt_hostname in ("localhost", "127.0.0.1")
+        and settings.mqtt_port == 1883
+        and not broker_reachable("127.0.0.1", 1883)
+    ):
+        broker = EmbeddedBroker(1883)
+        if not await broker.start():
+            broker = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Gateway(settings):
+            log.info("ocpp2mqtt %s running; SIGTERM or Ctrl-C stops it gracefully", __version__)
+            await stop.wait()
+            log.info("shutting down")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return "asyncio"
+    uvloop.install()
+    return "uvloop"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocpp2mqtt",
+        description="Gateway between OCPP 1.6J charge points and MQTT. Configuration comes "
+        "from environment variables or a .env file (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"ocpp2mqtt {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the gateway (the default)")
+    sub.add_parser("check-config", help="validate the configuration and print it (no secrets)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"ocpp2mqtt: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        for key, value in settings.model_dump().items():
+            print(f"{key.upper()}={value}")
+        return 0
+    setup_logging(settings)
+    loop_kind = _install_uvloop()
+    log.debug("event loop: %s", loop_kind)
+    try:
+        asyncio.run(run_gateway(settings))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,171 @@
+"""Configuration from environment variables and a `.env` file.
+
+Every variable of the original ocpp2mqtt keeps its name and default; new ones
+are documented in the README's configuration table. A bad value never falls
+back silently: `load_settings` raises `ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _json_value(name: str, raw: Any, kind: type) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if raw.strip() == "":
+        return kind()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos}): {raw!r}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- MQTT (names and defaults of the original) ---
+    mqtt_hostname: str = "localhost"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_basepath: str = "ocpp/test"
+    mqtt_username: str = ""
+    mqtt_password: SecretStr = SecretStr("")
+    mqtt_transport: Literal["tcp", "websockets", "unix"] = "tcp"
+    mqtt_keepalive: int = Field(60, ge=5)
+    mqtt_timeout: float = Field(30, gt=0)
+    mqtt_reconnect_base_delay: float = Field(5, gt=0)
+    mqtt_reconnect_max_delay: float = Field(60, gt=0)
+    mqtt_client_id: str = ""
+    mqtt_usestationname: bool = False
+    mqtt_websocket_path: str = ""
+    mqtt_websocket_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # --- MQTT (new) ---
+    mqtt_qos: int = Field(1, ge=0, le=2)
+    mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
+    embedded_broker: Literal["auto", "off"] = "auto"
+
+    # --- OCPP server ---
+    listen_addr: str = "0.0.0.0"
+    listen_port: int = Field(3000, ge=0, le=65535)
+    authorized_tag_id_list: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    expected_charge_points: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    heartbeat_interval: int = Field(300, ge=10)
+    ocpp_response_timeout: float = Field(30, gt=0)
+    ocpp_command_retry_attempts: int = Field(5, ge=0)
+    ocpp_command_retry_base_delay: float = Field(0.3, ge=0)
+    default_id_tag: str = Field("ocpp2mqtt", min_length=1, max_length=20)
+    station_id_fallback: str = "cp_{ip}"
+    ocpp_strict_subprotocol: bool = False
+    connector_topics: Literal["auto", "always", "never"] = "auto"
+    max_frame_size: int = Field(65536, ge=1024)
+    data_dir: Path = Path("data")
+
+    # --- Logging (names and defaults of the original) ---
+    log_level: LogLevel = "INFO"
+    log_file: str = ""
+    log_max_size: int = Field(10485760, ge=0)
+    log_backup_count: int = Field(5, ge=0)
+    log_format: str = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+    log_date_format: str = "%Y-%m-%d %H:%M:%S"
+
+    @field_validator("mqtt_usestationname", "ocpp_strict_subprotocol", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: Any) -> Any:
+        # The original documents MQTT_USESTATIONNAME's default as "(empty)".
+        if isinstance(value, str) and value.strip() == "":
+            return False
+        return value
+
+    @field_validator("authorized_tag_id_list", "expected_charge_points", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any, info) -> Any:
+        return _json_value(info.field_name, value, list)
+
+    @field_validator("mqtt_websocket_headers", mode="before")
+    @classmethod
+    def _json_dict(cls, value: Any, info) -> Any:
+        return _json_value(info.field_name, value, dict)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _default_format(cls, value: Any) -> Any:
+        # The original documents LOG_FORMAT as "(default)" when empty.
+        if isinstance(value, str) and not value.strip():
+            return "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+        return value
+
+    @field_validator("mqtt_basepath")
+    @classmethod
+    def _clean_basepath(cls, value: str) -> str:
+        cleaned = "/".join(part for part in value.split("/") if part)
+        if any(ch in cleaned for ch in "+#\0"):
+            raise ValueError("must not contain MQTT wildcards (+, #) or NUL")
+        return cleaned
+
+    @property
+    def reconnect_delays(self) -> tuple[float, float]:
+        return self.mqtt_reconnect_base_delay, max(
+            self.mqtt_reconnect_base_delay, self.mqtt_reconnect_max_delay
+        )
+
+
+def _env_name(field: str) -> str:
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, `.env` and keyword overrides.
+
+    Raises `ConfigError` with a one-line message naming the variable.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        msg = first["msg"].removeprefix("Value error, ")
+        raw = first.get("input")
+        shown = "" if field == "mqtt_password" or isinstance(raw, dict) else f" (got {raw!r})"
+        raise ConfigError(f"{_env_name(field)}: {msg}{shown}") from None
+    except SettingsError as exc:
+        text = str(exc)
+        field = text.split('"')[1] if '"' in text else "?"
+        raise ConfigError(f"{_env_name(field)}: {text}") from None
+
+
+def env_documentation() -> list[tuple[str, Any]]:
+    """(variable, default) pairs, used by the README test to keep docs honest."""
+    out = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        out.append((_env_name(name), default))
+    return out
+
+
+__all__ = ["ConfigError", "Settings", "env_documentation", "load_settings"]

@@ -1,0 +1,47 @@
+"""State topics: every event becomes retained `<prefix>/state/...` messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ocpp2mqtt import events as ev
+from ocpp2mqtt import mapping
+
+if TYPE_CHECKING:
+    from ocpp2mqtt.gateway import Gateway
+
+
+class StateExtension:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.views: dict[str, mapping.StationView] = {}
+
+    def _view(self, event: ev.Event) -> mapping.StationView:
+        view = self.views.get(event.station)
+        if view is None:
+            mode = self.gateway.settings.connector_topics
+            view = mapping.StationView(connector_topics=mode == "always")
+            self.views[event.station] = view
+        connector = getattr(event, "connector_id", None)
+        if (
+            connector is not None
+            and connector >= 2
+            and not view.connector_topics
+            and self.gateway.settings.connector_topics == "auto"
+        ):
+            # A second connector appeared: from now on every connector also
+            # gets its own topics so the plain ones are not the only record.
+            view.connector_topics = True
+        return view
+
+    def handle(self, event: ev.Event) -> None:
+        messages = mapping.event_messages(event, self._view(event))
+        if not messages:
+            return
+        prefix = self.gateway.prefix(event.station)
+        publish = self.gateway.link.publish
+        for subtopic, payload in messages:
+            publish(f"{prefix}/{subtopic}", payload, True)
+
+    def on_mqtt_connected(self) -> None:
+        pass

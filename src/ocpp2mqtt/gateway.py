@@ -1,0 +1,325 @@
+"""The gateway: OCPP server + sessions + MQTT link + extensions, wired together.
+
+    async with Gateway(settings) as gw:
+        await gw.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from ocpp2mqtt import __version__, commands, protocol
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.config import Settings
+from ocpp2mqtt.extensions.state import StateExtension
+from ocpp2mqtt.mapping import station_prefix
+from ocpp2mqtt.mqtt import Incoming, MqttLink
+from ocpp2mqtt.session import CallErrorReceived, Session, utc_now
+from ocpp2mqtt.stations import InvalidStationId, check_station_id, station_id_from_path
+from ocpp2mqtt.store import Store
+
+log = logging.getLogger("ocpp2mqtt.gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        client_id = settings.mqtt_client_id or f"ocpp2mqtt-{self.store.instance_id()}"
+        base = settings.mqtt_basepath
+        self.bridge_topic = f"{base}/bridge/state" if base else "bridge/state"
+        self.link = MqttLink(settings, client_id, self.bridge_topic)
+        self.sessions: dict[str, Session] = {}
+        self.extensions: list[Any] = [StateExtension(self)]
+        self.command_locks: dict[str, asyncio.Lock] = {}
+        self.cmd_topics: dict[str, str] = {}  # command topic → station ("" = any)
+        self.last_station: str | None = None
+        self._linger: dict[str, asyncio.TimerHandle] = {}
+        self._session_changed = asyncio.Condition()
+        self._warned_subprotocol: set[str] = set()
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.counters: Counter[str] = Counter()
+        self.policy = commands.CurrentLimitPolicy()
+
+    # --- lifecycle -----------------------------------------------------------
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.link.start(self._on_mqtt_message, self._on_mqtt_connected)
+        if not s.mqtt_usestationname:
+            self._watch_commands("", f"{s.mqtt_basepath}/cmd" if s.mqtt_basepath else "cmd")
+        now = utc_now()
+        for station in s.expected_charge_points:
+            try:
+                check_station_id(station)
+            except InvalidStationId as exc:
+                log.error("EXPECTED_CHARGE_POINTS: %s: %s", station, exc)
+                continue
+            self.emit(ev.Disconnected(station, now, reason="not connected since start-up"))
+            self._watch_station(station)
+        self._server = await serve(
+            self._handle_connection,
+            s.listen_addr,
+            s.listen_port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            max_size=s.max_frame_size,
+            compression=None,  # chargers rarely use it; zlib state costs ~100 KiB per socket
+            ping_interval=60,
+            ping_timeout=30,
+            server_header=f"ocpp2mqtt/{__version__}",
+        )
+        log.info("OCPP server listening on ws://%s:%s/<station-id>", s.listen_addr, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        """Stop accepting, close chargers (1001 going away), publish offline, flush."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        for session in list(self.sessions.values()):
+            await session.ws.close(1001, "central system shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.link.stop()
+        self.store.close()
+
+    # --- events --------------------------------------------------------------
+    def emit(self, event: ev.Event) -> None:
+        for extension in self.extensions:
+            extension.handle(event)
+
+    def prefix(self, station: str) -> str:
+        s = self.settings
+        return station_prefix(s.mqtt_basepath, station, s.mqtt_usestationname)
+
+    def metrics_frame_error(self, code: str) -> None:
+        self.counters[f"frame_error:{code}"] += 1
+
+    def metrics_message_in(self, action: str) -> None:
+        self.counters[f"in:{action}"] += 1
+
+    # --- authorization ---------------------------------------------------------
+    def charging_enabled(self, station: str) -> bool:
+        return self.store.flag(station, "charging_enabled", "true") == "true"
+
+    def authorize(self, station: str, id_tag: str) -> str:
+        if not self.charging_enabled(station):
+            return "Blocked"
+        allowed = self.settings.authorized_tag_id_list
+        if not allowed or id_tag in allowed:
+            return "Accepted"
+        return "Invalid"
+
+    # --- OCPP handshake and connections -----------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        ip = connection.remote_address[0] if connection.remote_address else "unknown"
+        try:
+            station = station_id_from_path(request.path, ip, self.settings.station_id_fallback)
+        except InvalidStationId as exc:
+            self.counters["handshake_rejected"] += 1
+            log.warning("refused handshake from %s for %.80r: %s", ip, request.path, exc)
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        offered = request.headers.get("Sec-WebSocket-Protocol")
+        if offered is not None and protocol.SUBPROTOCOL not in [
+            p.strip() for p in offered.split(",")
+        ]:
+            self.counters["handshake_rejected"] += 1
+            log.warning("refused %s: offers only %s, we speak ocpp1.6", station, offered)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "only ocpp1.6 is supported\n")
+        if offered is None and self.settings.ocpp_strict_subprotocol:
+            self.counters["handshake_rejected"] += 1
+            log.warning("refused %s: no Sec-WebSocket-Protocol (OCPP_STRICT_SUBPROTOCOL)", station)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Protocol required\n")
+        connection.ocpp_station = station  # type: ignore[attr-defined]
+        return None
+
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+        return protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        station: str = ws.ocpp_station  # type: ignore[attr-defined]
+        ip = ws.remote_address[0] if ws.remote_address else ""
+        if ws.subprotocol is None and station not in self._warned_subprotocol:
+            self._warned_subprotocol.add(station)
+            log.warning("%s connected without the ocpp1.6 subprotocol; treating it as OCPP 1.6 "
+                        "(set OCPP_STRICT_SUBPROTOCOL=true to refuse)", station)
+        old = self.sessions.get(station)
+        session = Session(self, station, ws, ip)
+        self.sessions[station] = session
+        self.last_station = station
+        if old is not None:
+            log.info("%s reconnected; closing its previous connection", station)
+            self._spawn(old.ws.close(1000, "replaced by a new connection"))
+        log.info("%s connected from %s", station, ip)
+        self.emit(ev.Connected(station, utc_now(), ip=ip, subprotocol=ws.subprotocol))
+        self._watch_station(station)
+        await self._notify_sessions()
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(station) is session:
+                del self.sessions[station]
+                log.info("%s disconnected (%s)", station, ws.close_code)
+                self.emit(ev.Disconnected(station, utc_now(), reason=str(ws.close_code)))
+                self._schedule_unwatch(station)
+
+    async def _notify_sessions(self) -> None:
+        async with self._session_changed:
+            self._session_changed.notify_all()
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- command subscriptions ----------------------------------------------------
+    def _watch_commands(self, station: str, topic: str) -> None:
+        self.cmd_topics[topic] = station
+        self.link.subscribe(topic)
+
+    def _watch_station(self, station: str) -> None:
+        handle = self._linger.pop(station, None)
+        if handle:
+            handle.cancel()
+        if self.settings.mqtt_usestationname:
+            self._watch_commands(station, f"{self.prefix(station)}/cmd")
+
+    def _schedule_unwatch(self, station: str) -> None:
+        # Keep listening while a command could still be waiting for a reconnect,
+        # then let go so another gateway replica can own this station's commands.
+        if station in self.settings.expected_charge_points or not self.settings.mqtt_usestationname:
+            return
+        s = self.settings
+        linger = s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts) + 1
+        loop = asyncio.get_running_loop()
+        self._linger[station] = loop.call_later(linger, self._unwatch, station)
+
+    def _unwatch(self, station: str) -> None:
+        self._linger.pop(station, None)
+        if station in self.sessions:
+            return
+        topic = f"{self.prefix(station)}/cmd"
+        self.cmd_topics.pop(topic, None)
+        self.link.unsubscribe(topic)
+
+    # --- MQTT ------------------------------------------------------------------------
+    def _on_mqtt_connected(self) -> None:
+        for extension in self.extensions:
+            extension.on_mqtt_connected()
+
+    def _on_mqtt_message(self, msg: Incoming) -> None:
+        station = self.cmd_topics.get(msg.topic)
+        if station is None or not msg.payload:
+            return  # not ours, or our own clearing of a retained command
+        if msg.retain:
+            # A retained command would run again at every restart: run it once, clear it.
+            self.link.publish(msg.topic, b"", retain=True, qos=1)
+        self._spawn(self._run_command(station, msg))
+
+    async def _run_command(self, station: str, msg: Incoming) -> None:
+        doc = await self._execute(station, msg.payload)
+        if msg.retain:
+            doc["retained_cleared"] = True
+        target = station or self.last_station or ""
+        self.counters[f"command:{doc['status']}"] += 1
+        prefix = self.prefix(target) if target else self.settings.mqtt_basepath
+        body = orjson.dumps(doc)
+        self.link.publish(f"{prefix}/cmd_result", body, retain=False)
+        for subtopic, payload in commands.legacy_result_messages(doc):
+            self.link.publish(f"{prefix}/{subtopic}", payload, retain=False)
+        if msg.response_topic:
+            self.link.publish(msg.response_topic, body, retain=False,
+                              correlation_data=msg.correlation_data)
+        log.info("%s: command %s → %s%s", target or "?", doc["action"], doc["status"],
+                 f" ({doc['error']})" if doc.get("error") else "")
+
+    def _facts(self, station: str) -> commands.StationFacts:
+        open_tx = {}
+        for tx in self.store.open_transactions(station):
+            open_tx[tx.connector_id] = tx.id  # later rows (newer) win
+        return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy)
+
+    async def _execute(self, station: str, raw: bytes) -> dict:
+        target = station or self.last_station or ""
+        try:
+            plan = commands.plan(raw, self._facts(target))
+        except commands.CommandError as exc:
+            return commands.result_document(
+                getattr(exc, "action", None) or "?", "error",
+                command_id=getattr(exc, "command_id", None), error=str(exc),
+            )
+        if plan.local:
+            enabled = plan.local["charging_enabled"]
+            self.store.set_flag(target, "charging_enabled", "true" if enabled else "false")
+            self.emit(ev.ChargingEnabledChanged(target, utc_now(), enabled=enabled))
+            return commands.result_document(plan, "ok", response={"chargingEnabled": enabled})
+        lock = self.command_locks.setdefault(target, asyncio.Lock())
+        async with lock:  # OCPP allows one outstanding CALL per direction
+            session = await self._wait_for_session(station)
+            if session is None:
+                return commands.result_document(
+                    plan, "not_connected", error=f"station {target or '?'} is not connected"
+                )
+            try:
+                response = await session.call(
+                    plan.ocpp_action, plan.payload, self.settings.ocpp_response_timeout
+                )
+            except CallErrorReceived as exc:
+                return commands.result_document(
+                    plan, "error", response={"errorCode": exc.code, "errorDescription":
+                                             exc.description, "errorDetails": exc.details},
+                    error=f"charger answered CALLERROR {exc}",
+                )
+            except asyncio.TimeoutError:
+                return commands.result_document(
+                    plan, "timeout",
+                    error=f"no answer within {self.settings.ocpp_response_timeout:g} s",
+                )
+            except ConnectionError as exc:
+                return commands.result_document(plan, "not_connected", error=str(exc))
+        return commands.result_document(plan, commands.result_status(response), response=response)
+
+    async def _wait_for_session(self, station: str) -> Session | None:
+        s = self.settings
+        delay = s.ocpp_command_retry_base_delay
+        for attempt in range(s.ocpp_command_retry_attempts + 1):
+            name = station or self.last_station
+            if name and name in self.sessions:
+                return self.sessions[name]
+            if attempt == s.ocpp_command_retry_attempts:
+                break
+            try:
+                async with self._session_changed:
+                    await asyncio.wait_for(self._session_changed.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay *= 2
+        return None
+
