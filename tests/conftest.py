@@ -36,6 +36,8 @@ def make_settings(broker_port: int, basepath: str, data_dir: Any, **overrides: A
         listen_port=0,
         data_dir=data_dir,
         embedded_broker="off",
+        http_enabled=False,
+        homeassistant_discovery=False,
         ocpp_command_retry_base_delay=0.05,
         ocpp_command_retry_attempts=3,
         ocpp_response_timeout=5,

@@ -283,4 +283,4 @@ def three_phase_meter_value(timestamp: str, energy_wh: float = 1234.5) -> dict:
     return {"timestamp": timestamp, "sampledValue": sampled}
 
 
-__all__ = ["ChargePoint", "MqttRecorder", "Mosquitto", "call", "connect_station", "free_port"]
+__all__ = ["ChargePoint", "Mosquitto", "MqttRecorder", "call", "connect_station", "free_port"]

@@ -9,12 +9,12 @@ which would hold back this package's core dependency.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("ocpp2mqtt.broker")
@@ -40,7 +40,7 @@ class EmbeddedBroker:
         self.process: subprocess.Popen | None = None
         self._dir: tempfile.TemporaryDirectory | None = None
 
-    async def start(self) -> bool:
+    def start(self) -> bool:
         binary = find_mosquitto()
         if binary is None:
             log.error(
@@ -57,7 +57,7 @@ class EmbeddedBroker:
         for _ in range(100):
             if broker_reachable("127.0.0.1", self.port, 0.2):
                 break
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
         log.warning(
             "*** no MQTT broker was running: started an embedded Mosquitto on 127.0.0.1:%s "
             "(pid %s). Point MQTT_HOSTNAME at your own broker for real use. ***",

@@ -57,7 +57,7 @@ async def run_gateway(settings: Settings) -> None:
         and not broker_reachable("127.0.0.1", 1883)
     ):
         broker = EmbeddedBroker(1883)
-        if not await broker.start():
+        if not await asyncio.to_thread(broker.start):
             broker = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,11 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the gateway (the default)")
     sub.add_parser("check-config", help="validate the configuration and print it (no secrets)")
+    from ocpp2mqtt import simulator
+
+    simulator.add_arguments(sub.add_parser("simulate", help="simulate OCPP 1.6 charge points"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        from ocpp2mqtt import simulator
+
+        return simulator.run(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

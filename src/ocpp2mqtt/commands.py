@@ -119,7 +119,9 @@ def _schema_check(ocpp_action: str, payload: dict) -> None:
         details = exc.details if isinstance(exc.details, dict) else {}
         cause = details.get("cause", exc.description)
         field_name = details.get("field", "")
-        hint = f" (args.{_snake_path(field_name)})" if field_name and field_name != "payload" else ""
+        hint = ""
+        if field_name and field_name != "payload":
+            hint = f" (args.{_snake_path(field_name)})"
         raise CommandError(f"invalid args for {ocpp_action}: {cause}{hint}") from None
 
 

@@ -8,7 +8,6 @@ back silently: `load_settings` raises `ConfigError` naming the variable.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,6 +79,15 @@ class Settings(BaseSettings):
     connector_topics: Literal["auto", "always", "never"] = "auto"
     max_frame_size: int = Field(65536, ge=1024)
     data_dir: Path = Path("data")
+
+    # --- Home Assistant discovery (extensions/homeassistant.py) ---
+    homeassistant_discovery: bool = True
+    homeassistant_discovery_prefix: str = "homeassistant"
+
+    # --- Health and metrics over HTTP (health.py) ---
+    http_enabled: bool = True
+    http_addr: str = "0.0.0.0"
+    http_port: int = Field(8081, ge=0, le=65535)
 
     # --- Logging (names and defaults of the original) ---
     log_level: LogLevel = "INFO"

@@ -19,7 +19,10 @@ from websockets.http11 import Request, Response
 from ocpp2mqtt import __version__, commands, protocol
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.config import Settings
+from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
 from ocpp2mqtt.extensions.state import StateExtension
+from ocpp2mqtt.extensions.state_document import StateDocumentExtension
+from ocpp2mqtt.health import start_http
 from ocpp2mqtt.mapping import station_prefix
 from ocpp2mqtt.mqtt import Incoming, MqttLink
 from ocpp2mqtt.session import CallErrorReceived, Session, utc_now
@@ -38,7 +41,10 @@ class Gateway:
         self.bridge_topic = f"{base}/bridge/state" if base else "bridge/state"
         self.link = MqttLink(settings, client_id, self.bridge_topic)
         self.sessions: dict[str, Session] = {}
-        self.extensions: list[Any] = [StateExtension(self)]
+        self.extensions: list[Any] = [StateExtension(self), StateDocumentExtension(self)]
+        if settings.homeassistant_discovery:
+            self.extensions.append(HomeAssistantExtension(self))
+        self.http_server: asyncio.AbstractServer | None = None
         self.command_locks: dict[str, asyncio.Lock] = {}
         self.cmd_topics: dict[str, str] = {}  # command topic → station ("" = any)
         self.last_station: str | None = None
@@ -61,6 +67,9 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         self.link.start(self._on_mqtt_message, self._on_mqtt_connected)
+        for extension in self.extensions:
+            for topic in getattr(extension, "subscriptions", list)():
+                self.link.subscribe(topic)
         if not s.mqtt_usestationname:
             self._watch_commands("", f"{s.mqtt_basepath}/cmd" if s.mqtt_basepath else "cmd")
         now = utc_now()
@@ -85,6 +94,7 @@ class Gateway:
             server_header=f"ocpp2mqtt/{__version__}",
         )
         log.info("OCPP server listening on ws://%s:%s/<station-id>", s.listen_addr, self.port)
+        self.http_server = await start_http(self)
 
     @property
     def port(self) -> int:
@@ -105,6 +115,8 @@ class Gateway:
             await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
+        if self.http_server is not None:
+            self.http_server.close()
         await self.link.stop()
         self.store.close()
 
@@ -235,6 +247,10 @@ class Gateway:
             extension.on_mqtt_connected()
 
     def _on_mqtt_message(self, msg: Incoming) -> None:
+        for extension in self.extensions:
+            hook = getattr(extension, "on_mqtt_message", None)
+            if hook is not None and hook(msg.topic, msg.payload):
+                return
         station = self.cmd_topics.get(msg.topic)
         if station is None or not msg.payload:
             return  # not ours, or our own clearing of a retained command

@@ -11,6 +11,7 @@ MQTT_RECONNECT_BASE_DELAY and MQTT_RECONNECT_MAX_DELAY). The last will marks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ocpp2mqtt.config import Settings
 
@@ -117,9 +118,8 @@ class MqttLink:
             return
         if self.connected.is_set():
             info = self._client.publish(self.bridge_topic, "offline", qos=1, retain=True)
-            deadline = self._loop.time() + timeout
-            while not info.is_published() and self._loop.time() < deadline:
-                await asyncio.sleep(0.02)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, timeout)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self.connected.clear()
@@ -186,6 +186,10 @@ class MqttLink:
             properties=properties,
         )
         self.published += 1
+
+    def queue_depth(self) -> int:
+        """Messages paho holds that the broker has not acknowledged yet."""
+        return len(getattr(self._client, "_out_messages", ()))
 
     def subscribe(self, topic: str) -> None:
         if topic in self._subscriptions:

@@ -10,10 +10,11 @@ payloads stay in the wire's camelCase so no per-message case conversion runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -115,7 +116,8 @@ def validator(name: str) -> Callable[[Any], Any]:
 def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> ocpp_errors.OCPPError:
     """Map a schema violation to the OCPP-J CALLERROR the `ocpp` package would use."""
     field = exc.name.removeprefix("data").lstrip(".") or "payload"
-    details = {"cause": exc.message.replace("data.", "").replace("data ", "payload "), "field": field}
+    cause = exc.message.replace("data.", "").replace("data ", "payload ")
+    details = {"cause": cause, "field": field}
     rule = exc.rule
     if rule in ("type", "maxLength"):
         cls = ocpp_errors.TypeConstraintViolationError
@@ -237,7 +239,9 @@ def central_system_actions() -> dict[str, type]:
     out = {}
     for action in Action:
         cls = getattr(v16_call, action.value, None)
-        charger_only = action.value in CHARGER_INITIATED or action.value in CHARGER_INITIATED_SECURITY
+        charger_only = (
+            action.value in CHARGER_INITIATED or action.value in CHARGER_INITIATED_SECURITY
+        )
         if cls is None or (charger_only and action.value != "DataTransfer"):
             continue
         out[action.value] = cls

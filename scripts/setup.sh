@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets up everything ocpp2mqtt needs in ./.venv (idempotent, quick when done).
+# Sourced by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "ocpp2mqtt needs Python >= 3.10 (set PYTHON=/path/to/python3.x)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+extras=${OCPP2MQTT_EXTRAS:-test,fast}
+stamp=.venv/.ocpp2mqtt-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi
+
+# Mosquitto: the tests' broker, and the run command's fallback broker.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing mosquitto (apt-get)…" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null
+    # Debian starts a system broker on :1883; the gateway and tests run their own.
+  else
+    echo "warning: mosquitto is not installed and cannot be installed automatically;" \
+         "install it (e.g. apt-get install mosquitto / brew install mosquitto)." >&2
+  fi
+fi
