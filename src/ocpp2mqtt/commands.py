@@ -56,6 +56,7 @@ class CurrentLimitPolicy:
     profile_id_base: int = 1000
     round_amps: bool = False
     min_current: float = 0.0
+    force_amps: bool = False  # convert W limits to A for chargers that only take amps
     phases: int = 3
     voltage: float = 230.0
 
@@ -182,6 +183,9 @@ def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
         raise CommandError(f"set_current_limit: unit must be \"A\" or \"W\", got {unit!r}")
     connector = _int_arg(args, "connectorId", 0, "set_current_limit")
     phases = _int_arg(args, "numberPhases", None, "set_current_limit")
+    if unit == "W" and policy.force_amps:
+        limit = limit / ((phases or policy.phases) * policy.voltage)
+        unit = "A"
     if unit == "A":
         if policy.round_amps:
             limit = float(int(limit))
@@ -208,6 +212,8 @@ def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
     note = "limit below minimum current: pausing with 0 A" if (
         unit == "A" and args["limit"] > 0 and limit == 0.0
     ) else None
+    if note is None and unit == "A" and args.get("unit", "A") == "W":
+        note = f"converted to {round(limit, 1)} A"
     return Plan("", None, "SetChargingProfile",
                 {"connectorId": connector, "csChargingProfiles": profile}, note=note)
 

@@ -80,6 +80,25 @@ class Settings(BaseSettings):
     max_frame_size: int = Field(65536, ge=1024)
     data_dir: Path = Path("data")
 
+    # --- Current limits (set_current_limit → SetChargingProfile) ---
+    current_limit_purpose: Literal["TxDefaultProfile", "TxProfile", "ChargePointMaxProfile"] = (
+        "TxDefaultProfile"
+    )
+    current_limit_stack_level: int = Field(1, ge=0)
+    current_limit_profile_id: int = Field(1000, ge=1)
+    current_limit_round_amps: bool = False
+    current_limit_min_current: float = Field(0.0, ge=0)
+    current_limit_unit: Literal["native", "A"] = "native"
+    current_limit_phases: int = Field(3, ge=1, le=3)
+    current_limit_voltage: float = Field(230.0, gt=0)
+
+    # --- Configuration on boot ---
+    ocpp_boot_configuration: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    ocpp_boot_configuration_stations: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict
+    )
+    ocpp_boot_get_configuration: bool = False
+
     # --- Home Assistant discovery (extensions/homeassistant.py) ---
     homeassistant_discovery: bool = True
     homeassistant_discovery_prefix: str = "homeassistant"
@@ -97,7 +116,10 @@ class Settings(BaseSettings):
     log_format: str = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
     log_date_format: str = "%Y-%m-%d %H:%M:%S"
 
-    @field_validator("mqtt_usestationname", "ocpp_strict_subprotocol", mode="before")
+    @field_validator(
+        "mqtt_usestationname", "ocpp_strict_subprotocol", "current_limit_round_amps",
+        "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", mode="before",
+    )
     @classmethod
     def _empty_is_false(cls, value: Any) -> Any:
         # The original documents MQTT_USESTATIONNAME's default as "(empty)".
@@ -110,7 +132,10 @@ class Settings(BaseSettings):
     def _json_list(cls, value: Any, info) -> Any:
         return _json_value(info.field_name, value, list)
 
-    @field_validator("mqtt_websocket_headers", mode="before")
+    @field_validator(
+        "mqtt_websocket_headers", "ocpp_boot_configuration", "ocpp_boot_configuration_stations",
+        mode="before",
+    )
     @classmethod
     def _json_dict(cls, value: Any, info) -> Any:
         return _json_value(info.field_name, value, dict)
@@ -135,6 +160,16 @@ class Settings(BaseSettings):
         if any(ch in cleaned for ch in "+#\0"):
             raise ValueError("must not contain MQTT wildcards (+, #) or NUL")
         return cleaned
+
+    def boot_configuration(self, station: str) -> dict[str, str]:
+        """ChangeConfiguration keys to set when `station` boots (global, then per station)."""
+        merged = {**self.ocpp_boot_configuration,
+                  **self.ocpp_boot_configuration_stations.get(station, {})}
+        return {
+            k: (v if isinstance(v, str) else json.dumps(v) if not isinstance(v, bool)
+                else str(v).lower())
+            for k, v in merged.items()
+        }
 
     @property
     def reconnect_delays(self) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from websockets.http11 import Request, Response
 from ocpp2mqtt import __version__, commands, protocol
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.config import Settings
+from ocpp2mqtt.extensions.boot_configuration import BootConfigurationExtension
 from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
 from ocpp2mqtt.extensions.state import StateExtension
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
@@ -32,6 +33,10 @@ from ocpp2mqtt.store import Store
 log = logging.getLogger("ocpp2mqtt.gateway")
 
 
+class NotConnected(Exception):
+    """The station is not connected (and did not come back in time)."""
+
+
 class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -41,7 +46,11 @@ class Gateway:
         self.bridge_topic = f"{base}/bridge/state" if base else "bridge/state"
         self.link = MqttLink(settings, client_id, self.bridge_topic)
         self.sessions: dict[str, Session] = {}
-        self.extensions: list[Any] = [StateExtension(self), StateDocumentExtension(self)]
+        self.extensions: list[Any] = [
+            StateExtension(self),
+            StateDocumentExtension(self),
+            BootConfigurationExtension(self),
+        ]
         if settings.homeassistant_discovery:
             self.extensions.append(HomeAssistantExtension(self))
         self.http_server: asyncio.AbstractServer | None = None
@@ -54,7 +63,16 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self.counters: Counter[str] = Counter()
-        self.policy = commands.CurrentLimitPolicy()
+        self.policy = commands.CurrentLimitPolicy(
+            purpose=settings.current_limit_purpose,
+            stack_level=settings.current_limit_stack_level,
+            profile_id_base=settings.current_limit_profile_id,
+            round_amps=settings.current_limit_round_amps,
+            min_current=settings.current_limit_min_current,
+            force_amps=settings.current_limit_unit == "A",
+            phases=settings.current_limit_phases,
+            voltage=settings.current_limit_voltage,
+        )
 
     # --- lifecycle -----------------------------------------------------------
     async def __aenter__(self) -> Gateway:
@@ -187,7 +205,7 @@ class Gateway:
         self.last_station = station
         if old is not None:
             log.info("%s reconnected; closing its previous connection", station)
-            self._spawn(old.ws.close(1000, "replaced by a new connection"))
+            self.spawn(old.ws.close(1000, "replaced by a new connection"))
         log.info("%s connected from %s", station, ip)
         self.emit(ev.Connected(station, utc_now(), ip=ip, subprotocol=ws.subprotocol))
         self._watch_station(station)
@@ -205,7 +223,7 @@ class Gateway:
         async with self._session_changed:
             self._session_changed.notify_all()
 
-    def _spawn(self, coro: Any) -> asyncio.Task:
+    def spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -254,10 +272,11 @@ class Gateway:
         station = self.cmd_topics.get(msg.topic)
         if station is None or not msg.payload:
             return  # not ours, or our own clearing of a retained command
-        if msg.retain:
-            # A retained command would run again at every restart: run it once, clear it.
-            self.link.publish(msg.topic, b"", retain=True, qos=1)
-        self._spawn(self._run_command(station, msg))
+        # A retained command would run again at every restart: run it once and
+        # clear it. MQTT 3.1.1 hides the retain flag of live messages, so we
+        # clear after every command (an empty retained message is a no-op).
+        self.link.publish(msg.topic, b"", retain=True, qos=1)
+        self.spawn(self._run_command(station, msg))
 
     async def _run_command(self, station: str, msg: Incoming) -> None:
         doc = await self._execute(station, msg.payload)
@@ -296,31 +315,39 @@ class Gateway:
             self.store.set_flag(target, "charging_enabled", "true" if enabled else "false")
             self.emit(ev.ChargingEnabledChanged(target, utc_now(), enabled=enabled))
             return commands.result_document(plan, "ok", response={"chargingEnabled": enabled})
+        try:
+            response = await self.call_station(station, plan.ocpp_action, plan.payload)
+        except NotConnected as exc:
+            return commands.result_document(plan, "not_connected", error=str(exc))
+        except CallErrorReceived as exc:
+            return commands.result_document(
+                plan, "error", response={"errorCode": exc.code, "errorDescription":
+                                         exc.description, "errorDetails": exc.details},
+                error=f"charger answered CALLERROR {exc}",
+            )
+        except asyncio.TimeoutError:
+            return commands.result_document(
+                plan, "timeout",
+                error=f"no answer within {self.settings.ocpp_response_timeout:g} s",
+            )
+        return commands.result_document(plan, commands.result_status(response), response=response)
+
+    async def call_station(self, station: str, action: str, payload: dict) -> Any:
+        """Send one CALL to a station, one at a time per station.
+
+        Waits for a momentarily disconnected station (OCPP_COMMAND_RETRY_*);
+        raises NotConnected, CallErrorReceived or asyncio.TimeoutError.
+        """
+        target = station or self.last_station or ""
         lock = self.command_locks.setdefault(target, asyncio.Lock())
         async with lock:  # OCPP allows one outstanding CALL per direction
             session = await self._wait_for_session(station)
             if session is None:
-                return commands.result_document(
-                    plan, "not_connected", error=f"station {target or '?'} is not connected"
-                )
+                raise NotConnected(f"station {target or '?'} is not connected")
             try:
-                response = await session.call(
-                    plan.ocpp_action, plan.payload, self.settings.ocpp_response_timeout
-                )
-            except CallErrorReceived as exc:
-                return commands.result_document(
-                    plan, "error", response={"errorCode": exc.code, "errorDescription":
-                                             exc.description, "errorDetails": exc.details},
-                    error=f"charger answered CALLERROR {exc}",
-                )
-            except asyncio.TimeoutError:
-                return commands.result_document(
-                    plan, "timeout",
-                    error=f"no answer within {self.settings.ocpp_response_timeout:g} s",
-                )
+                return await session.call(action, payload, self.settings.ocpp_response_timeout)
             except ConnectionError as exc:
-                return commands.result_document(plan, "not_connected", error=str(exc))
-        return commands.result_document(plan, commands.result_status(response), response=response)
+                raise NotConnected(str(exc)) from exc
 
     async def _wait_for_session(self, station: str) -> Session | None:
         s = self.settings

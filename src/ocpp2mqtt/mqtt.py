@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ocpp2mqtt.config import Settings
 
@@ -44,6 +46,9 @@ class MqttLink:
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriptions: set[str] = set()
+        self._pending_subscribe: dict[int, str] = {}
+        self._subscribe_lock = threading.Lock()
+        self.active_subscriptions: set[str] = set()  # acknowledged by the broker
         self._on_message: Callable[[Incoming], None] | None = None
         self._on_connect: Callable[[], None] | None = None
         self.published = 0
@@ -77,6 +82,7 @@ class MqttLink:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         client.enable_logger(logging.getLogger("ocpp2mqtt.paho"))
         return client
 
@@ -139,7 +145,7 @@ class MqttLink:
         log.info("MQTT connected")
         client.publish(self.bridge_topic, "online", qos=1, retain=True)
         for topic in list(self._subscriptions):
-            client.subscribe(topic, qos=1)
+            self._subscribe(topic)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected_in_loop)
 
@@ -148,9 +154,37 @@ class MqttLink:
         if self._on_connect:
             self._on_connect()
 
+    def _subscribe(self, topic: str) -> None:
+        # The SUBACK can arrive (paho thread) before subscribe() returns here.
+        with self._subscribe_lock:
+            if self._v5:
+                # retainAsPublished: tell live retained commands from plain ones.
+                options = SubscribeOptions(qos=1, retainAsPublished=True)
+                _, mid = self._client.subscribe(topic, options=options)
+            else:
+                _, mid = self._client.subscribe(topic, qos=1)
+            if mid is not None:
+                self._pending_subscribe[mid] = topic
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._subscribe_lock:
+            topic = self._pending_subscribe.pop(mid, None)
+        if topic is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.active_subscriptions.add, topic)
+
+    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
+        """Wait until the broker has acknowledged our subscription to `topic`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while topic not in self.active_subscriptions:
+            if loop.time() > deadline:
+                raise TimeoutError(f"subscription to {topic} not acknowledged")
+            await asyncio.sleep(0.01)
+
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._loop is None or self._loop.is_closed():
             return
+        self._loop.call_soon_threadsafe(self.active_subscriptions.clear)
         log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
         self._loop.call_soon_threadsafe(self.connected.clear)
 
@@ -195,11 +229,13 @@ class MqttLink:
         if topic in self._subscriptions:
             return
         self._subscriptions.add(topic)
-        if self.connected.is_set():
-            self._client.subscribe(topic, qos=1)
+        # paho's flag, not ours: ours is set a moment after on_connect resubscribes.
+        if self._client.is_connected():
+            self._subscribe(topic)
 
     def unsubscribe(self, topic: str) -> None:
         if topic in self._subscriptions:
             self._subscriptions.discard(topic)
+            self.active_subscriptions.discard(topic)
             if self.connected.is_set():
                 self._client.unsubscribe(topic)
