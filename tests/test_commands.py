@@ -311,7 +311,7 @@ async def test_mqtt5_response_topic_and_correlation(settings_factory, broker, ba
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = f"{basepath}/replies/me"
             props.CorrelationData = b"corr-42"
-            await gw.link.connected.wait()
+            await gw.link.wait_subscribed(f"{basepath}/V5/cmd")
             rec.publish(f"{basepath}/V5/cmd", orjson.dumps({"action": "clear_cache"}),
                         properties=props)
             reply = await rec.wait_for(f"{basepath}/replies/me")
