@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,8 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"max_queued_messages 100000\n{self.extra_conf}"
+            # as root, mosquitto drops to user "mosquitto", which cannot write our temp dir
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)],
@@ -98,24 +101,36 @@ class MqttRecorder:
     _ids = itertools.count()
 
     def __init__(self, port: int, topic: str = "#", protocol: int = paho.MQTTv311,
-                 **tls: Any):
+                 client_id: str | None = None, **tls: Any):
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        # A fixed client_id makes a persistent session (clean_session=False): the
+        # broker keeps QoS 1 messages for us while we are away (e.g. broker restart).
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"recorder-{next(self._ids)}-{time.time_ns()}",
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"recorder-{next(self._ids)}-{time.time_ns()}",
             protocol=protocol,
+            clean_session=None if protocol == paho.MQTTv5 else client_id is None,
         )
         if tls:
             self.client.tls_set(**tls)
         self.topic = topic
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise RuntimeError("recorder could not subscribe")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        # A resumed persistent session keeps its subscription; subscribing again
+        # would replay retained messages as if they were new.
+        if not flags.session_present:
+            client.subscribe(self.topic, qos=1)
+        else:
+            self._subscribed.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     mqtt_websocket_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # --- MQTT (new) ---
     mqtt_qos: int = Field(1, ge=0, le=2)
+    mqtt_tls: bool = False
+    mqtt_tls_ca_file: str = ""
+    mqtt_tls_cert_file: str = ""
+    mqtt_tls_key_file: str = ""
+    mqtt_tls_insecure: bool = False
+    outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
     embedded_broker: Literal["auto", "off"] = "auto"
 
@@ -78,6 +84,18 @@ class Settings(BaseSettings):
     ocpp_strict_subprotocol: bool = False
     connector_topics: Literal["auto", "always", "never"] = "auto"
     max_frame_size: int = Field(65536, ge=1024)
+    ws_ping_interval: float = Field(60, ge=0)
+    ws_ping_timeout: float = Field(30, ge=0)
+    max_connections: int = Field(20000, ge=1)
+    ocpp_rate_limit: float = Field(20, ge=0)  # messages/s per station (0 = off)
+    ocpp_rate_burst: int = Field(200, ge=1)
+
+    # --- Charger authentication (OCPP 1.6 security profiles 1 and 2) ---
+    ocpp_basic_auth: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    ocpp_basic_auth_file: str = ""
+    ocpp_allowlist_only: bool = False
+    ocpp_tls_cert_file: str = ""
+    ocpp_tls_key_file: str = ""
     data_dir: Path = Path("data")
 
     # --- Current limits (set_current_limit → SetChargingProfile) ---
@@ -118,7 +136,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "mqtt_usestationname", "ocpp_strict_subprotocol", "current_limit_round_amps",
-        "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", mode="before",
+        "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", "mqtt_tls",
+        "mqtt_tls_insecure", "ocpp_allowlist_only", mode="before",
     )
     @classmethod
     def _empty_is_false(cls, value: Any) -> Any:
@@ -134,6 +153,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "mqtt_websocket_headers", "ocpp_boot_configuration", "ocpp_boot_configuration_stations",
+        "ocpp_basic_auth",
         mode="before",
     )
     @classmethod
@@ -171,6 +191,17 @@ class Settings(BaseSettings):
             for k, v in merged.items()
         }
 
+    @model_validator(mode="after")
+    def _check_files(self) -> Settings:
+        for name in ("mqtt_tls_ca_file", "mqtt_tls_cert_file", "mqtt_tls_key_file",
+                     "ocpp_basic_auth_file", "ocpp_tls_cert_file", "ocpp_tls_key_file"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ValueError(f"{name.upper()}: file not found: {value}")
+        if bool(self.ocpp_tls_cert_file) != bool(self.ocpp_tls_key_file):
+            raise ValueError("OCPP_TLS_CERT_FILE and OCPP_TLS_KEY_FILE must be set together")
+        return self
+
     @property
     def reconnect_delays(self) -> tuple[float, float]:
         return self.mqtt_reconnect_base_delay, max(
@@ -191,8 +222,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
+        field = str(first["loc"][0]) if first["loc"] else ""
         msg = first["msg"].removeprefix("Value error, ")
+        if not field:  # a whole-model check: its message already names the variable
+            raise ConfigError(msg) from None
         raw = first.get("input")
         shown = "" if field == "mqtt_password" or isinstance(raw, dict) else f" (got {raw!r})"
         raise ConfigError(f"{_env_name(field)}: {msg}{shown}") from None

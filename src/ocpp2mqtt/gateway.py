@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +27,7 @@ from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.health import start_http
 from ocpp2mqtt.mapping import station_prefix
 from ocpp2mqtt.mqtt import Incoming, MqttLink
+from ocpp2mqtt.security import check_basic_auth, load_passwords
 from ocpp2mqtt.session import CallErrorReceived, Session, utc_now
 from ocpp2mqtt.stations import InvalidStationId, check_station_id, station_id_from_path
 from ocpp2mqtt.store import Store
@@ -63,6 +65,7 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self.counters: Counter[str] = Counter()
+        self.passwords = load_passwords(settings)
         self.policy = commands.CurrentLimitPolicy(
             purpose=settings.current_limit_purpose,
             stack_level=settings.current_limit_stack_level,
@@ -107,11 +110,16 @@ class Gateway:
             select_subprotocol=self._select_subprotocol,
             max_size=s.max_frame_size,
             compression=None,  # chargers rarely use it; zlib state costs ~100 KiB per socket
-            ping_interval=60,
-            ping_timeout=30,
+            ping_interval=s.ws_ping_interval or None,
+            ping_timeout=s.ws_ping_timeout or None,
+            # A vanished charger never completes the closing handshake: don't wait long.
+            close_timeout=min(10.0, s.ws_ping_timeout or 10.0),
+            ssl=self._server_tls(),
             server_header=f"ocpp2mqtt/{__version__}",
         )
-        log.info("OCPP server listening on ws://%s:%s/<station-id>", s.listen_addr, self.port)
+        scheme = "wss" if s.ocpp_tls_cert_file else "ws"
+        log.info("OCPP server listening on %s://%s:%s/<station-id>", scheme, s.listen_addr,
+                 self.port)
         self.http_server = await start_http(self)
 
     @property
@@ -174,6 +182,10 @@ class Gateway:
             self.counters["handshake_rejected"] += 1
             log.warning("refused handshake from %s for %.80r: %s", ip, request.path, exc)
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        refusal = self._refuse(connection, request, station, ip)
+        if refusal is not None:
+            self.counters["handshake_rejected"] += 1
+            return refusal
         offered = request.headers.get("Sec-WebSocket-Protocol")
         if offered is not None and protocol.SUBPROTOCOL not in [
             p.strip() for p in offered.split(",")
@@ -187,6 +199,39 @@ class Gateway:
             return connection.respond(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Protocol required\n")
         connection.ocpp_station = station  # type: ignore[attr-defined]
         return None
+
+    def _refuse(
+        self, connection: ServerConnection, request: Request, station: str, ip: str
+    ) -> Response | None:
+        """Connection limit, allow-list and HTTP Basic auth (OCPP security profile 1)."""
+        if len(self.sessions) >= self.settings.max_connections and station not in self.sessions:
+            log.warning("refused %s from %s: MAX_CONNECTIONS=%d reached", station, ip,
+                        self.settings.max_connections)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        passwords = self.passwords
+        if self.settings.ocpp_allowlist_only and station not in passwords and (
+            station not in self.settings.expected_charge_points
+        ):
+            log.warning("refused %s from %s: not a configured station (OCPP_ALLOWLIST_ONLY)",
+                        station, ip)
+            return connection.respond(HTTPStatus.FORBIDDEN, "unknown station\n")
+        if passwords:
+            problem = check_basic_auth(request.headers.get("Authorization"), station, passwords)
+            if problem:
+                log.warning("refused %s from %s: %s", station, ip, problem)
+                response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp2mqtt"'
+                return response
+        return None
+
+    def _server_tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.ocpp_tls_cert_file:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP 1.6 security profile 2
+        ctx.load_cert_chain(s.ocpp_tls_cert_file, s.ocpp_tls_key_file)
+        return ctx
 
     @staticmethod
     def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:

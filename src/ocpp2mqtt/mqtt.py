@@ -1,16 +1,22 @@
-"""The gateway's one MQTT connection.
+"""The gateway's one MQTT connection, with a durable outbox.
 
-paho-mqtt runs its network loop in its own thread; `publish` only appends to
-paho's queue and never awaits, so a slow or absent broker cannot stall a
-charger's OCPP answers. paho keeps QoS≥1 messages queued while the broker is
-away and sends them, in order, after reconnecting (backoff between
-MQTT_RECONNECT_BASE_DELAY and MQTT_RECONNECT_MAX_DELAY). The last will marks
-`<basepath>/bridge/state` offline; `online` is published on every connect.
+paho-mqtt runs its network loop in its own thread. `publish` never awaits
+the broker: it appends to the current batch; at the end of the event-loop
+tick the batch is written to the outbox (SQLite, one row per tick) and, when
+the broker is up, handed to paho. Sessions `await durable()` before they
+answer a charger, so an answered reading is on disk. A PUBACK deletes the
+row. While the broker is away, rows accumulate (bounded) and are replayed in
+order after reconnect; after a restart, whatever is left is replayed too.
+
+The last will marks `<basepath>/bridge/state` offline; `online` is published
+on every connect. Reconnects back off between MQTT_RECONNECT_BASE_DELAY and
+MQTT_RECONNECT_MAX_DELAY (paho's exponential backoff).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -25,8 +31,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ocpp2mqtt.config import Settings
+from ocpp2mqtt.outbox import Message, Outbox, is_essential
 
 log = logging.getLogger("ocpp2mqtt.mqtt")
+
+# paho message ids are 16-bit: never have more than this many unacknowledged.
+MAX_IN_FLIGHT = 20000
+ACK_INTERVAL = 0.05
 
 
 @dataclass(slots=True)
@@ -44,16 +55,32 @@ class MqttLink:
         self.bridge_topic = bridge_topic
         self.client_id = client_id
         self.connected = asyncio.Event()
+        self.published = 0
+        self.publish_failures = 0
+        self.active_subscriptions: set[str] = set()  # acknowledged by the broker
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriptions: set[str] = set()
         self._pending_subscribe: dict[int, str] = {}
         self._subscribe_lock = threading.Lock()
-        self.active_subscriptions: set[str] = set()  # acknowledged by the broker
         self._on_message: Callable[[Incoming], None] | None = None
         self._on_connect: Callable[[], None] | None = None
-        self.published = 0
         self._v5 = settings.mqtt_protocol == "5"
         self._client = self._make_client()
+        # outbox state (event-loop thread only, except _acked which paho appends to)
+        self.outbox = Outbox(settings.data_dir / "outbox.sqlite3", settings.outbox_max_bytes)
+        self._essential: list[Message] = []
+        self._other: list[Message] = []
+        self._flush_scheduled = False
+        self._durable_waiters: list[asyncio.Future] = []
+        self._online = False  # broker up AND backlog replayed: new batches go straight out
+        self._last_sent = 0  # highest outbox seq handed to paho
+        self._mid_seq: dict[int, int] = {}
+        self._remaining: dict[int, int] = {}
+        self._acked: collections.deque[int] = collections.deque()
+        self._delivered: list[int] = []
+        self._replaying: asyncio.Task | None = None
+        self._ack_task: asyncio.Task | None = None
+        self._warned_drop = False
 
     def _make_client(self) -> paho.Client:
         s = self.settings
@@ -71,9 +98,8 @@ class MqttLink:
             client.ws_set_options(
                 path=s.mqtt_websocket_path or "/mqtt", headers=s.mqtt_websocket_headers or None
             )
-        tls = getattr(s, "mqtt_tls", False)
-        if tls:
-            self._configure_tls(client)
+        if s.mqtt_tls:
+            client.tls_set_context(self._tls_context())
         client.will_set(self.bridge_topic, "offline", qos=1, retain=True)
         base, maximum = s.reconnect_delays
         client.reconnect_delay_set(min_delay=max(1, int(base)), max_delay=max(1, int(maximum)))
@@ -83,19 +109,19 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
         client.enable_logger(logging.getLogger("ocpp2mqtt.paho"))
         return client
 
-    def _configure_tls(self, client: paho.Client) -> None:
+    def _tls_context(self) -> ssl.SSLContext:
         s = self.settings
-        ctx = ssl.create_default_context(cafile=getattr(s, "mqtt_tls_ca_file", "") or None)
-        cert = getattr(s, "mqtt_tls_cert_file", "")
-        if cert:
-            ctx.load_cert_chain(cert, getattr(s, "mqtt_tls_key_file", "") or None)
-        if getattr(s, "mqtt_tls_insecure", False):
+        ctx = ssl.create_default_context(cafile=s.mqtt_tls_ca_file or None)
+        if s.mqtt_tls_cert_file:
+            ctx.load_cert_chain(s.mqtt_tls_cert_file, s.mqtt_tls_key_file or None)
+        if s.mqtt_tls_insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        client.tls_set_context(ctx)
+        return ctx
 
     # --- lifecycle -------------------------------------------------------
     def start(
@@ -107,6 +133,9 @@ class MqttLink:
         self._on_message = on_message
         self._on_connect = on_connect
         s = self.settings
+        if self.outbox.rows:
+            log.info("outbox holds %d undelivered batches from before; they go out first",
+                     self.outbox.rows)
         log.info(
             "connecting to MQTT broker %s:%s (%s, client id %s)",
             s.mqtt_hostname, s.mqtt_port, s.mqtt_transport, self.client_id,
@@ -117,18 +146,32 @@ class MqttLink:
             clean_start=True if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
         )
         self._client.loop_start()
+        self._ack_task = asyncio.ensure_future(self._ack_loop())
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Publish offline, flush what is queued (bounded), disconnect."""
+        """Flush, wait (bounded) for the broker to acknowledge, publish offline, disconnect."""
         if self._loop is None:
             return
+        self._flush()
+        deadline = self._loop.time() + timeout
+        while self.connected.is_set() and self._loop.time() < deadline and (
+            self._mid_seq or not self._online
+        ):
+            await asyncio.sleep(ACK_INTERVAL)
+            self._process_acks()
+        self._process_acks()
         if self.connected.is_set():
             info = self._client.publish(self.bridge_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
-                await asyncio.to_thread(info.wait_for_publish, timeout)
+                await asyncio.to_thread(info.wait_for_publish, max(0.1, deadline -
+                                                                   self._loop.time()))
+        for task in (self._ack_task, self._replaying):
+            if task is not None:
+                task.cancel()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self.connected.clear()
+        self.outbox.close()
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
@@ -149,10 +192,24 @@ class MqttLink:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected_in_loop)
 
-    def _connected_in_loop(self) -> None:
-        self.connected.set()
-        if self._on_connect:
-            self._on_connect()
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
+        self._loop.call_soon_threadsafe(self._disconnected_in_loop)
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked.append(mid)  # deque.append is thread-safe; drained by _ack_loop
+
+    def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        incoming = Incoming(
+            message.topic, bytes(message.payload), bool(message.retain), response_topic, correlation
+        )
+        if self._loop is not None and self._on_message is not None:
+            self._loop.call_soon_threadsafe(self._on_message, incoming)
 
     def _subscribe(self, topic: str) -> None:
         # The SUBACK can arrive (paho thread) before subscribe() returns here.
@@ -172,33 +229,40 @@ class MqttLink:
         if topic is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.active_subscriptions.add, topic)
 
-    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
-        """Wait until the broker has acknowledged our subscription to `topic`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while topic not in self.active_subscriptions:
-            if loop.time() > deadline:
-                raise TimeoutError(f"subscription to {topic} not acknowledged")
-            await asyncio.sleep(0.01)
+    # --- connection state (event-loop thread) -----------------------------------
+    def _connected_in_loop(self) -> None:
+        self.connected.set()
+        if self._replaying is None or self._replaying.done():
+            self._replaying = asyncio.ensure_future(self._replay())
+        if self._on_connect:
+            self._on_connect()
 
-    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._loop is None or self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self.active_subscriptions.clear)
-        log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
-        self._loop.call_soon_threadsafe(self.connected.clear)
+    def _disconnected_in_loop(self) -> None:
+        self.connected.clear()
+        self.active_subscriptions.clear()
+        # What paho already holds it resends itself after reconnecting; new
+        # batches wait in the outbox until the replay has caught up.
+        self._online = False
 
-    def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        props = getattr(message, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        correlation = getattr(props, "CorrelationData", None) if props else None
-        incoming = Incoming(
-            message.topic, bytes(message.payload), bool(message.retain), response_topic, correlation
-        )
-        if self._loop is not None and self._on_message is not None:
-            self._loop.call_soon_threadsafe(self._on_message, incoming)
+    async def _replay(self) -> None:
+        """Hand the outbox backlog to paho, oldest first, then go online."""
+        replayed = 0
+        while self.connected.is_set():
+            if len(self._mid_seq) > MAX_IN_FLIGHT:
+                await asyncio.sleep(ACK_INTERVAL)
+                continue
+            rows = self.outbox.after(self._last_sent, 200)
+            if not rows:
+                self._online = True
+                if replayed:
+                    log.info("replayed %d queued messages to the broker", replayed)
+                return
+            for seq, messages in rows:
+                self._send(seq, messages)
+                replayed += len(messages)
+            await asyncio.sleep(0)
 
-    # --- API -------------------------------------------------------------
+    # --- publishing ------------------------------------------------------------
     def publish(
         self,
         topic: str,
@@ -208,22 +272,138 @@ class MqttLink:
         correlation_data: bytes | None = None,
     ) -> None:
         """Queue a message; never blocks, never raises for a missing broker."""
+        qos = self.settings.mqtt_qos if qos is None else qos
+        self.published += 1
+        if correlation_data is not None or qos == 0:
+            self._publish_direct(topic, payload, retain, qos, correlation_data)
+            return
+        if isinstance(payload, bytes):
+            payload = payload.decode()
+        message = (topic, payload, retain, qos)
+        (self._essential if is_essential(topic) else self._other).append(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _publish_direct(self, topic, payload, retain, qos, correlation_data) -> None:
+        # Responses to MQTT v5 requests and QoS 0 messages skip the outbox.
         properties = None
         if correlation_data is not None and self._v5:
             properties = Properties(PacketTypes.PUBLISH)
             properties.CorrelationData = correlation_data
-        self._client.publish(
-            topic,
-            payload,
-            qos=self.settings.mqtt_qos if qos is None else qos,
-            retain=retain,
-            properties=properties,
-        )
-        self.published += 1
+        if qos == 0 and not self._client.is_connected():
+            self.publish_failures += 1
+            return
+        self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    @property
+    def dirty(self) -> bool:
+        return self._flush_scheduled
+
+    async def durable(self) -> None:
+        """Wait until everything published so far is in the outbox on disk."""
+        if not self._flush_scheduled:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append(fut)
+        await fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batches = []
+        if self._essential:
+            batches.append((True, self._essential))
+            self._essential = []
+        if self._other:
+            batches.append((False, self._other))
+            self._other = []
+        self._process_acks(write=False)
+        delivered, self._delivered = self._delivered, []
+        try:
+            seqs = self.outbox.write(batches, delivered)
+        except Exception:
+            log.exception("outbox write failed; publishing without persistence")
+            seqs = [0] * len(batches)
+            self.publish_failures += 1
+        if self._online and len(self._mid_seq) < MAX_IN_FLIGHT:
+            for seq, (_, messages) in zip(seqs, batches, strict=True):
+                self._send(seq, messages)
+        elif batches:
+            self._online = False
+            dropped = self.outbox.enforce_bound(self._last_sent)
+            if dropped and not self._warned_drop:
+                self._warned_drop = True
+                log.warning(
+                    "outbox over OUTBOX_MAX_BYTES=%d: dropped the %d oldest non-essential "
+                    "messages (energy, transactions and command results are kept)",
+                    self.outbox.max_bytes, dropped,
+                )
+            if (
+                self.connected.is_set()
+                and (self._replaying is None or self._replaying.done())
+            ):
+                self._replaying = asyncio.ensure_future(self._replay())
+        waiters, self._durable_waiters = self._durable_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _send(self, seq: int, messages: list[Message]) -> None:
+        publish = self._client.publish
+        count = 0
+        for topic, payload, retain, qos in messages:
+            info = publish(topic, payload, qos=qos, retain=retain)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                self.publish_failures += 1
+                continue
+            self._mid_seq[info.mid] = seq
+            count += 1
+        if seq:
+            self._remaining[seq] = self._remaining.get(seq, 0) + count
+            if count == 0:
+                self._delivered.append(seq)
+        self._last_sent = max(self._last_sent, seq)
+
+    def _process_acks(self, write: bool = True) -> None:
+        acked = self._acked
+        while acked:
+            seq = self._mid_seq.pop(acked.popleft(), None)
+            if not seq:
+                continue
+            left = self._remaining[seq] - 1
+            if left:
+                self._remaining[seq] = left
+            else:
+                del self._remaining[seq]
+                self._delivered.append(seq)
+        if write and self._delivered:
+            delivered, self._delivered = self._delivered, []
+            self.outbox.write([], delivered)
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            try:
+                self._process_acks()
+            except Exception:
+                log.exception("outbox acknowledgement failed")
 
     def queue_depth(self) -> int:
-        """Messages paho holds that the broker has not acknowledged yet."""
-        return len(getattr(self._client, "_out_messages", ()))
+        """Messages not yet acknowledged by the broker (in flight + waiting in the outbox)."""
+        return len(self._mid_seq) + len(self._essential) + len(self._other) + (
+            0 if self._online else self.outbox.rows
+        )
+
+    # --- subscriptions -----------------------------------------------------
+    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
+        """Wait until the broker has acknowledged our subscription to `topic`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while topic not in self.active_subscriptions:
+            if loop.time() > deadline:
+                raise TimeoutError(f"subscription to {topic} not acknowledged")
+            await asyncio.sleep(0.01)
 
     def subscribe(self, topic: str) -> None:
         if topic in self._subscriptions:

@@ -65,9 +65,31 @@ class Session:
     # --- receive loop ------------------------------------------------------
     async def run(self) -> None:
         ws = self.ws
+        link = self.gateway.link
         debug = log.isEnabledFor(logging.DEBUG)
+        loop = asyncio.get_running_loop()
+        rate = self.gateway.settings.ocpp_rate_limit
+        burst = float(self.gateway.settings.ocpp_rate_burst)
+        tokens, last, throttled = burst, loop.time(), False
         try:
             async for frame in ws:
+                if rate:
+                    # Token bucket: a flooding charger is slowed down (TCP backpressure),
+                    # every frame still gets its answer, other chargers are unaffected.
+                    now = loop.time()
+                    tokens = min(burst, tokens + (now - last) * rate)
+                    last = now
+                    if tokens < 1:
+                        if not throttled:
+                            throttled = True
+                            log.warning("%s: over OCPP_RATE_LIMIT=%g msg/s; slowing it down",
+                                        self.station, rate)
+                            self.gateway.counters["rate_limited"] += 1
+                        await asyncio.sleep((1 - tokens) / rate)
+                        tokens, last = 1.0, loop.time()
+                    else:
+                        throttled = False
+                    tokens -= 1
                 if isinstance(frame, bytes):
                     # OCPP-J is text-only; a binary frame is a protocol error (RFC 6455 1003).
                     log.warning("%s: binary frame received; closing", self.station)
@@ -77,6 +99,9 @@ class Session:
                     log.debug("%s → %s", self.station, frame[:2000])
                 reply = self.handle_frame(frame)
                 if reply is not None:
+                    if link.dirty:
+                        # Answer only once what the charger reported is on disk.
+                        await link.durable()
                     if debug:
                         log.debug("%s ← %s", self.station, reply[:2000])
                     await ws.send(reply)
