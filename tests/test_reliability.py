@@ -172,8 +172,8 @@ async def test_sigterm_shuts_down_gracefully(broker, tmp_path, basepath):
 def test_outbox_bound_drops_oldest_non_essential_only(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=4000)
     for i in range(50):
-        box.write([(False, [(f"x/S/state/voltage", str(i), True, 1)]),
-                   (True, [(f"x/S/state/energy_active_import_register", str(i), True, 1)])], [])
+        box.write([(False, [("x/S/state/voltage", str(i), True, 1)]),
+                   (True, [("x/S/state/energy_active_import_register", str(i), True, 1)])], [])
     dropped = box.enforce_bound(keep_after=0)
     assert dropped > 0
     left = [m for _, msgs in box.after(0, 1000) for m in msgs]
