@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("event loop: %s", loop_kind)
     try:
         asyncio.run(run_gateway(settings))
+    except ConfigError as exc:  # e.g. an unreadable OCPP_BASIC_AUTH_FILE
+        print(f"ocpp2mqtt: configuration error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     except OSError as exc:

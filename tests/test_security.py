@@ -1,0 +1,132 @@
+"""Issue 4: charger authentication (security profiles 1 and 2), allow-list, MQTT over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import websockets
+from ocpp.v16 import call
+
+from ocpp2mqtt.gateway import Gateway
+from tests.conftest import make_settings
+from tests.helpers import ChargePoint, Mosquitto, MqttRecorder, connect_station
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost, made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def auth_gateway(settings_factory, tmp_path):
+    pwfile = tmp_path / "passwords.txt"
+    pwfile.write_text("# station:password\nFILE1:from-file\n")
+    settings = settings_factory(ocpp_basic_auth={"CP1": "s3cret"},
+                                ocpp_basic_auth_file=str(pwfile))
+    async with Gateway(settings) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize(("userinfo", "station"), [("CP1:s3cret", "CP1"),
+                                                   ("FILE1:from-file", "FILE1")])
+async def test_basic_auth_right_password(auth_gateway, userinfo, station):
+    ws = await websockets.connect(f"ws://{userinfo}@127.0.0.1:{auth_gateway.port}/{station}",
+                                  subprotocols=["ocpp1.6"])
+    cp = ChargePoint(station, ws)
+    task = asyncio.create_task(cp.start())
+    try:
+        assert (await cp.call(call.Heartbeat())).current_time
+    finally:
+        task.cancel()
+        await ws.close()
+
+
+@pytest.mark.parametrize("url_userinfo", ["CP1:wrong@", "", "OTHER:s3cret@", "CP2:s3cret@"])
+async def test_basic_auth_refusals_are_401_and_never_log_the_password(
+    auth_gateway, url_userinfo, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    station = "CP2" if url_userinfo.startswith("CP2") else "CP1"
+    with pytest.raises(websockets.InvalidStatus) as err:
+        await websockets.connect(f"ws://{url_userinfo}127.0.0.1:{auth_gateway.port}/{station}",
+                                 subprotocols=["ocpp1.6"])
+    assert err.value.response.status_code == 401
+    assert "s3cret" not in caplog.text and "wrong" not in caplog.text.replace(
+        "wrong username or password", "")
+    assert "refused" in caplog.text
+
+
+async def test_allowlist_refuses_unknown_stations(settings_factory):
+    settings = settings_factory(ocpp_allowlist_only=True, expected_charge_points=["Known"])
+    async with Gateway(settings) as gw:
+        with pytest.raises(websockets.InvalidStatus) as err:
+            await websockets.connect(f"ws://127.0.0.1:{gw.port}/Stranger",
+                                     subprotocols=["ocpp1.6"])
+        assert err.value.response.status_code == 403
+        st = await connect_station(f"ws://127.0.0.1:{gw.port}", "Known")
+        await st.close()
+
+
+async def test_tls_profile_2(settings_factory, tmp_path):
+    cert, key = make_cert(tmp_path)
+    settings = settings_factory(ocpp_tls_cert_file=str(cert), ocpp_tls_key_file=str(key),
+                                ocpp_basic_auth={"TLS1": "pw"})
+    async with Gateway(settings) as gw:
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        st = await connect_station(f"wss://TLS1:pw@127.0.0.1:{gw.port}", "TLS1", ssl=client_ctx)
+        try:
+            assert (await st.cp.call(call.Heartbeat())).current_time
+        finally:
+            await st.close()
+        # plain ws:// to a wss:// server does not get in
+        with pytest.raises((websockets.InvalidHandshake, OSError, EOFError)):
+            await websockets.connect(f"ws://TLS1:pw@127.0.0.1:{gw.port}/TLS1",
+                                     subprotocols=["ocpp1.6"], open_timeout=5)
+
+
+async def test_mqtt_over_tls(tmp_path, basepath):
+    cert, key = make_cert(tmp_path)
+    mosq = Mosquitto(extra_conf=f"cafile {cert}\ncertfile {cert}\nkeyfile {key}\n").start()
+    try:
+        settings = make_settings(mosq.port, basepath, tmp_path / "data", mqtt_tls=True,
+                                 mqtt_tls_ca_file=str(cert), http_enabled=False,
+                                 homeassistant_discovery=False)
+        rec = MqttRecorder(mosq.port, f"{basepath}/#", ca_certs=str(cert))
+        try:
+            async with Gateway(settings) as gw:
+                assert await gw.link.wait_connected(10)
+                st = await connect_station(f"ws://127.0.0.1:{gw.port}", "SEC")
+                await st.cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                                         status="Available"))
+                await rec.wait_for(f"{basepath}/SEC/state/status", "Available")
+                await st.close()
+        finally:
+            rec.close()
+    finally:
+        mosq.close()
+
+
+def test_mqtt_tls_verifies_by_default(tmp_path):
+    # verification stays on unless MQTT_TLS_INSECURE=true
+    cert, _ = make_cert(tmp_path)
+    settings = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True)
+    from ocpp2mqtt.mqtt import MqttLink
+
+    ctx = MqttLink._tls_context(type("L", (), {"settings": settings})())
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    insecure = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True, mqtt_tls_insecure=True,
+                             mqtt_tls_ca_file=str(cert))
+    ctx = MqttLink._tls_context(type("L", (), {"settings": insecure})())
+    assert ctx.verify_mode == ssl.CERT_NONE
