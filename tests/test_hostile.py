@@ -153,3 +153,17 @@ async def test_after_fuzzing_a_well_behaved_charger_is_served(gw):
             await ws.send(frame)
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))[0] == 4
     await still_serving(gw)
+
+
+async def test_strict_schema_mode_refuses_what_lenient_mode_accepts(settings_factory):
+    frame = ('[2, "s", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M",'
+             ' "chargePointSerialNumber": "' + "9" * 30 + '"}]')
+    for lenient, expected in ((True, [3, "s"]), (False, [4, "s"])):
+        async with Gateway(settings_factory(ocpp_lenient_schema=lenient)) as gateway:
+            async with websockets.connect(f"ws://127.0.0.1:{gateway.port}/Long",
+                                          subprotocols=["ocpp1.6"]) as ws:
+                await ws.send(frame)
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert answer[:2] == expected
+                if not lenient:
+                    assert answer[2] == "TypeConstraintViolation"

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     default_id_tag: str = Field("ocpp2mqtt", min_length=1, max_length=20)
     station_id_fallback: str = "cp_{ip}"
     ocpp_strict_subprotocol: bool = False
+    ocpp_lenient_schema: bool = True
     connector_topics: Literal["auto", "always", "never"] = "auto"
     max_frame_size: int = Field(65536, ge=1024)
     ws_ping_interval: float = Field(60, ge=0)
@@ -135,7 +136,8 @@ class Settings(BaseSettings):
     log_date_format: str = "%Y-%m-%d %H:%M:%S"
 
     @field_validator(
-        "mqtt_usestationname", "ocpp_strict_subprotocol", "current_limit_round_amps",
+        "mqtt_usestationname", "ocpp_strict_subprotocol", "ocpp_lenient_schema",
+        "current_limit_round_amps",
         "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", "mqtt_tls",
         "mqtt_tls_insecure", "ocpp_allowlist_only", mode="before",
     )

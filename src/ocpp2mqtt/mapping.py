@@ -17,6 +17,12 @@ from ocpp.v16.enums import Measurand
 from ocpp2mqtt import events as ev
 
 DEFAULT_MEASURAND = Measurand.energy_active_import_register.value
+ENERGY_UNITS = (None, "", "Wh", "kWh")
+# Readings taken at another moment than the entry's sample (the transaction's start,
+# an interruption): published first so a live value of the same key wins.
+LOW_PRIORITY_CONTEXTS = frozenset(
+    {"Transaction.Begin", "Transaction.End", "Interruption.Begin", "Interruption.End"}
+)
 
 # "Energy.Active.Import.Register" → "energy_active_import_register", "SoC" → "soc".
 MEASURAND_KEYS: dict[str, str] = {m.value: m.name for m in Measurand}
@@ -66,9 +72,10 @@ def _aggregate_kind(key: str) -> str:
 
 
 def format_number(value: float) -> str:
+    value = round(value, 6)  # round first: 1.001 kWh * 1000 = 1000.9999999999999
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
-    return repr(round(value, 6))
+    return repr(value)
 
 
 @dataclass(slots=True)
@@ -85,7 +92,12 @@ class Reading:
 
 def normalise(sampled: dict) -> Reading | None:
     """One SampledValue → a Reading in published units, or None if unusable."""
-    measurand = sampled.get("measurand") or DEFAULT_MEASURAND
+    measurand = sampled.get("measurand")
+    if not measurand:
+        # The OCPP default is the energy register; a value in amps or volts is not one.
+        if sampled.get("format") != "SignedData" and sampled.get("unit") not in ENERGY_UNITS:
+            return None
+        measurand = DEFAULT_MEASURAND
     key = MEASURAND_KEYS.get(measurand)
     if key is None:
         return None
@@ -130,7 +142,9 @@ def sample_messages(sampled_values: list, base: str) -> tuple[list[tuple[str, st
     readings: list[Reading] = []
     phases: dict[str, list[float]] = {}
     plain: set[str] = set()
-    for sampled in sampled_values:
+    ordered = sorted(sampled_values, key=lambda s: not (
+        isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS))
+    for sampled in ordered:
         reading = normalise(sampled)
         if reading is None:
             continue
@@ -222,9 +236,21 @@ def _status(e: ev.StatusChanged, view: StationView) -> list[tuple[str, str]]:
     return out
 
 
+def _merge_same_timestamp(entries: list) -> list:
+    """Consecutive entries with one timestamp are one sample (one value per entry firmware)."""
+    merged: list = []
+    for entry in entries:
+        if merged and "timestamp" in entry and merged[-1].get("timestamp") == entry["timestamp"]:
+            merged[-1] = {**merged[-1], "sampledValue": [
+                *merged[-1].get("sampledValue", ()), *entry.get("sampledValue", ())]}
+        else:
+            merged.append(entry)
+    return merged
+
+
 def _meter(e: ev.MeterReading, view: StationView) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for entry in e.meter_value:
+    for entry in _merge_same_timestamp(e.meter_value):
         messages, _ = sample_messages(entry.get("sampledValue", ()), "state")
         out.extend(messages)
         if view.connector_topics:

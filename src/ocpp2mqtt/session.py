@@ -135,7 +135,7 @@ class Session:
 
     def _answer(self, call: protocol.Call) -> str:
         try:
-            protocol.check_call(call)
+            protocol.check_call(call, self.gateway.settings.ocpp_lenient_schema)
             payload = self._handlers[call.action](call.payload, utc_now())
         except ocpp_errors.OCPPError as exc:
             log.warning("%s: %s rejected with %s: %s", self.station, call.action, exc.code,
