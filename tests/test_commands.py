@@ -352,3 +352,19 @@ async def test_retained_command_runs_once_across_restarts(settings_factory, reco
         assert [m for m in late.snapshot() if m.topic.endswith("/cmd") and m.payload] == []
     finally:
         late.close()
+
+
+async def test_absolute_profile_kind_for_easee(settings_factory, recorder, basepath):
+    async with Gateway(settings_factory(current_limit_profile_kind="Absolute",
+                                        current_limit_stack_level=0)) as gw:
+        st = await connect_station(f"ws://127.0.0.1:{gw.port}", "Easee")
+        try:
+            r = await command(gw, recorder, f"{basepath}/Easee",
+                              {"action": "set_current_limit", "args": {"limit": 16}})
+            assert r["status"] == "ok", r
+            profile = (await st.cp.wait_call("SetChargingProfile")).payload["cs_charging_profiles"]
+            assert profile["charging_profile_kind"] == "Absolute"
+            assert profile["stack_level"] == 0
+            assert profile["charging_schedule"]["start_schedule"].startswith("20")
+        finally:
+            await st.close()

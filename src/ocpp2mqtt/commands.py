@@ -57,6 +57,7 @@ class CurrentLimitPolicy:
     round_amps: bool = False
     min_current: float = 0.0
     force_amps: bool = False  # convert W limits to A for chargers that only take amps
+    kind: str = "Relative"  # Easee takes only Absolute profiles
     phases: int = 3
     voltage: float = 230.0
 
@@ -68,6 +69,7 @@ class StationFacts:
     open_transactions: dict[int, int] = field(default_factory=dict)  # connector → tx id
     default_id_tag: str = "ocpp2mqtt"
     policy: CurrentLimitPolicy = field(default_factory=CurrentLimitPolicy)
+    now: str = ""  # ISO 8601 UTC, for Absolute profiles' startSchedule
 
 
 @dataclass(slots=True)
@@ -199,9 +201,11 @@ def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
         "chargingProfileId": policy.profile_id_base + (connector or 0),
         "stackLevel": policy.stack_level,
         "chargingProfilePurpose": policy.purpose,
-        "chargingProfileKind": "Relative",
+        "chargingProfileKind": policy.kind,
         "chargingSchedule": {"chargingRateUnit": unit, "chargingSchedulePeriod": [period]},
     }
+    if policy.kind == "Absolute" and facts.now:
+        profile["chargingSchedule"]["startSchedule"] = facts.now
     if policy.purpose == "TxProfile":
         tx = facts.open_transactions.get(connector or 0) or next(
             iter(facts.open_transactions.values()), None

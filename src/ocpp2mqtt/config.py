@@ -104,6 +104,7 @@ class Settings(BaseSettings):
         "TxDefaultProfile"
     )
     current_limit_stack_level: int = Field(1, ge=0)
+    current_limit_profile_kind: Literal["Relative", "Absolute"] = "Relative"
     current_limit_profile_id: int = Field(1000, ge=1)
     current_limit_round_amps: bool = False
     current_limit_min_current: float = Field(0.0, ge=0)

@@ -44,6 +44,7 @@ class StatusChanged(Event):
     error_code: str = ""
     info: str | None = None
     vendor_error_code: str | None = None
+    vendor_id: str | None = None
     timestamp: str | None = None
 
 

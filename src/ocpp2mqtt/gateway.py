@@ -75,6 +75,7 @@ class Gateway:
             force_amps=settings.current_limit_unit == "A",
             phases=settings.current_limit_phases,
             voltage=settings.current_limit_voltage,
+            kind=settings.current_limit_profile_kind,
         )
 
     # --- lifecycle -----------------------------------------------------------
@@ -126,6 +127,11 @@ class Gateway:
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def listening(self) -> bool:
+        """The OCPP server accepts connections (readiness)."""
+        return self._server is not None and self._server.is_serving()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -344,7 +350,8 @@ class Gateway:
         open_tx = {}
         for tx in self.store.open_transactions(station):
             open_tx[tx.connector_id] = tx.id  # later rows (newer) win
-        return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy)
+        return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy,
+                                     now=utc_now())
 
     async def _execute(self, station: str, raw: bytes) -> dict:
         target = station or self.last_station or ""

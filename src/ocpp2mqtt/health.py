@@ -69,8 +69,7 @@ def bound_port(server: asyncio.AbstractServer) -> int:
 
 
 def ocpp_listening(gateway: Gateway) -> bool:
-    server = getattr(gateway, "_server", None)
-    return server is not None and server.is_serving()
+    return gateway.listening
 
 
 def readiness(gateway: Gateway) -> tuple[bool, str]:

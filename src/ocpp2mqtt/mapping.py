@@ -225,6 +225,8 @@ def _status(e: ev.StatusChanged, view: StationView) -> list[tuple[str, str]]:
         fields.append(("status_info", e.info))
     if e.vendor_error_code is not None:
         fields.append(("vendor_error_code", e.vendor_error_code))
+    if e.vendor_id is not None:
+        fields.append(("status_vendor_id", e.vendor_id))
     if e.connector_id > 0:
         out.extend((f"state/{k}", v) for k, v in fields)
         out.append(("state/connector_id", str(e.connector_id)))

@@ -226,7 +226,8 @@ class Session:
         self._emit(ev.StatusChanged(
             self.station, now, connector_id=p["connectorId"], status=p["status"],
             error_code=p["errorCode"], info=p.get("info"),
-            vendor_error_code=p.get("vendorErrorCode"), timestamp=p.get("timestamp"),
+            vendor_error_code=p.get("vendorErrorCode"), vendor_id=p.get("vendorId"),
+            timestamp=p.get("timestamp"),
         ))
         return {}
 
