@@ -36,6 +36,7 @@ CONNECTION_TOPICS = {
     "state/last_connected",
     "state/last_seen",
     "state/last_disconnected",
+    "state/gateway",  # which replica holds the station: {"id": <instance>, "since": <time>}
 }
 
 

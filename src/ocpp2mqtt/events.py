@@ -20,6 +20,7 @@ class Event:
 class Connected(Event):
     ip: str = ""
     subprotocol: str | None = None
+    gateway: str = ""  # instance id of the replica that holds the connection
 
 
 @dataclass(slots=True)

@@ -39,6 +39,10 @@ class NotConnected(Exception):
     """The station is not connected (and did not come back in time)."""
 
 
+class HandedOver(Exception):
+    """The station is connected to another gateway replica (its id is the message)."""
+
+
 class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -59,6 +63,7 @@ class Gateway:
         self.command_locks: dict[str, asyncio.Lock] = {}
         self.cmd_topics: dict[str, str] = {}  # command topic → station ("" = any)
         self.last_station: str | None = None
+        self._owner_topic: str | None = None
         self._linger: dict[str, asyncio.TimerHandle] = {}
         self._session_changed = asyncio.Condition()
         self._warned_subprotocol: set[str] = set()
@@ -66,6 +71,8 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()
         self.counters: Counter[str] = Counter()
         self.passwords = load_passwords(settings)
+        self.instance_id = self.store.instance_id()
+        self._taken_over: dict[str, str] = {}  # station → the replica that has it now
         self.policy = commands.CurrentLimitPolicy(
             purpose=settings.current_limit_purpose,
             stack_level=settings.current_limit_stack_level,
@@ -94,6 +101,10 @@ class Gateway:
                 self.link.subscribe(topic)
         if not s.mqtt_usestationname:
             self._watch_commands("", f"{s.mqtt_basepath}/cmd" if s.mqtt_basepath else "cmd")
+        else:
+            # Which replica holds which station (see docs/scaling.md).
+            self._owner_topic = self.prefix("+") + "/state/gateway"
+            self.link.subscribe(self._owner_topic)
         now = utc_now()
         for station in s.expected_charge_points:
             try:
@@ -258,17 +269,27 @@ class Gateway:
             log.info("%s reconnected; closing its previous connection", station)
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
         log.info("%s connected from %s", station, ip)
-        self.emit(ev.Connected(station, utc_now(), ip=ip, subprotocol=ws.subprotocol))
+        self._taken_over.pop(station, None)
+        # Subscribe before claiming the station: a replica that sees our claim may
+        # hand a waiting command over by re-publishing it, and we must hear it.
         self._watch_station(station)
+        session.connected_at = utc_now(precise=True)
+        self.emit(ev.Connected(station, session.connected_at, ip=ip, subprotocol=ws.subprotocol,
+                               gateway=self.instance_id))
         await self._notify_sessions()
         try:
             await session.run()
         finally:
             if self.sessions.get(station) is session:
                 del self.sessions[station]
-                log.info("%s disconnected (%s)", station, ws.close_code)
-                self.emit(ev.Disconnected(station, utc_now(), reason=str(ws.close_code)))
-                self._schedule_unwatch(station)
+                if session.taken_over:
+                    log.info("%s now connected to another gateway replica", station)
+                    if station not in self.settings.expected_charge_points:
+                        self._unwatch(station)
+                else:
+                    log.info("%s disconnected (%s)", station, ws.close_code)
+                    self.emit(ev.Disconnected(station, utc_now(), reason=str(ws.close_code)))
+                    self._schedule_unwatch(station)
 
     async def _notify_sessions(self) -> None:
         async with self._session_changed:
@@ -320,17 +341,54 @@ class Gateway:
             hook = getattr(extension, "on_mqtt_message", None)
             if hook is not None and hook(msg.topic, msg.payload):
                 return
+        if self._owner_topic and msg.topic.endswith("/state/gateway"):
+            self._on_owner_claim(msg)
+            return
         station = self.cmd_topics.get(msg.topic)
         if station is None or not msg.payload:
             return  # not ours, or our own clearing of a retained command
+        if station in self._taken_over and station not in self.sessions:
+            return  # the replica that holds the station hears this command too
         # A retained command would run again at every restart: run it once and
         # clear it. MQTT 3.1.1 hides the retain flag of live messages, so we
         # clear after every command (an empty retained message is a no-op).
         self.link.publish(msg.topic, b"", retain=True, qos=1)
         self.spawn(self._run_command(station, msg))
 
+    def _on_owner_claim(self, msg: Incoming) -> None:
+        """Another replica claimed a station: let go of it without a word."""
+        try:
+            claim = orjson.loads(msg.payload)
+            owner, since = str(claim["id"]), str(claim["since"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if owner == self.instance_id:
+            return
+        base = self.prefix("")
+        station = msg.topic[len(base):-len("/state/gateway")] if base else msg.topic.split("/")[0]
+        session = self.sessions.get(station)
+        # A retained claim may be older than our own connection (e.g. replayed after
+        # a broker restart); a live one is always news.
+        if session is not None and (not msg.retain or since > session.connected_at):
+            log.info("%s was claimed by replica %s; closing our stale connection", station, owner)
+            session.taken_over = True
+            self.spawn(session.ws.close(1001, "connected to another central system replica"))
+        if session is None or session.taken_over:
+            self._taken_over[station] = owner
+            if station in self._linger:
+                self._linger.pop(station).cancel()
+                self._unwatch(station)
+            self.spawn(self._notify_sessions())
+
     async def _run_command(self, station: str, msg: Incoming) -> None:
-        doc = await self._execute(station, msg.payload)
+        try:
+            doc = await self._execute(station, msg.payload)
+        except HandedOver as exc:
+            # The station is on another replica now, which listens to this topic:
+            # pass the command on instead of answering not_connected.
+            log.info("%s: command handed over to replica %s", station, exc)
+            self.link.publish(msg.topic, msg.payload, retain=False, qos=1)
+            return
         if msg.retain:
             doc["retained_cleared"] = True
         target = station or self.last_station or ""
@@ -406,8 +464,10 @@ class Gateway:
         delay = s.ocpp_command_retry_base_delay
         for attempt in range(s.ocpp_command_retry_attempts + 1):
             name = station or self.last_station
-            if name and name in self.sessions:
+            if name and name in self.sessions and not self.sessions[name].taken_over:
                 return self.sessions[name]
+            if name and name in self._taken_over:
+                raise HandedOver(self._taken_over[name])
             if attempt == s.ocpp_command_retry_attempts:
                 break
             try:

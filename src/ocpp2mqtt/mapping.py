@@ -186,6 +186,7 @@ def _connected(e: ev.Connected, view: StationView) -> list[tuple[str, str]]:
         ("state/connection_state", "CONNECTED"),
         ("state/last_connected", e.at),
         ("state/last_seen", e.at),
+        ("state/gateway", orjson.dumps({"id": e.gateway, "since": e.at}).decode()),
     ]
 
 

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ocpp2mqtt.session")
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+def utc_now(precise: bool = False) -> str:
+    spec = "microseconds" if precise else "seconds"
+    return datetime.now(timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 class CallErrorReceived(Exception):
@@ -49,6 +50,8 @@ class Session:
         self.ws = ws
         self.ip = ip
         self.pending: dict[str, asyncio.Future] = {}
+        self.connected_at = ""
+        self.taken_over = False  # another gateway replica has this station now
         self._handlers: dict[str, Callable[[dict, str], dict]] = {
             "Authorize": self._authorize,
             "BootNotification": self._boot_notification,
