@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     current_limit_unit: Literal["native", "A"] = "native"
     current_limit_phases: int = Field(3, ge=1, le=3)
     current_limit_voltage: float = Field(230.0, gt=0)
+    current_limit_max: float = Field(32.0, gt=0)
 
     # --- Configuration on boot ---
     ocpp_boot_configuration: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)

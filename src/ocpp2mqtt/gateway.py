@@ -72,6 +72,7 @@ class Gateway:
         self.counters: Counter[str] = Counter()
         self.passwords = load_passwords(settings)
         self.instance_id = self.store.instance_id()
+        self.started_at = utc_now(precise=True)
         self._taken_over: dict[str, str] = {}  # station → the replica that has it now
         self.policy = commands.CurrentLimitPolicy(
             purpose=settings.current_limit_purpose,
@@ -362,11 +363,15 @@ class Gateway:
             owner, since = str(claim["id"]), str(claim["since"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        if owner == self.instance_id:
-            return
         base = self.prefix("")
         station = msg.topic[len(base):-len("/state/gateway")] if base else msg.topic.split("/")[0]
         session = self.sessions.get(station)
+        if owner == self.instance_id:
+            if msg.retain and session is None and since < self.started_at:
+                # Our previous run held this station and died without saying goodbye
+                # (kill -9, power cut): its retained CONNECTED is stale.
+                self.emit(ev.Disconnected(station, utc_now(), reason="gateway restarted"))
+            return
         # A retained claim may be older than our own connection (e.g. replayed after
         # a broker restart); a live one is always news.
         if session is not None and (not msg.retain or since > session.connected_at):

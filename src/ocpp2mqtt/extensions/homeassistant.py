@@ -62,7 +62,7 @@ log = logging.getLogger("ocpp2mqtt.homeassistant")
 NODE_ID = "ocpp2mqtt"  # the <node_id> level of our discovery topics
 ORIGIN = {"name": "ocpp2mqtt", "sw_version": __version__}
 SYNC_TIMEOUT = 5.0  # give up waiting for our own marker (e.g. an ACL forbids it)
-MAX_CURRENT = 32  # upper end of the current-limit number (A)
+MAX_CURRENT = 32  # upper end of the current-limit number (A); CURRENT_LIMIT_MAX overrides
 PLACEHOLDER = "__HA_VALUE__"
 MAX_SHAPES = 64  # MeterValues shapes remembered per station (chargers use a handful)
 
@@ -504,6 +504,8 @@ class HomeAssistantExtension:
                 config["state_topic"] = state_topic
                 config["value_template"] = control.state_template
             config.update(control.options)
+            if "max" in config and control.id == "current_limit":
+                config["max"] = self.gateway.settings.current_limit_max
             out.append((cid, config))
         return out
 
