@@ -54,6 +54,8 @@ class MeterReading(Event):
     connector_id: int = 0
     transaction_id: int | None = None
     meter_value: list = field(default_factory=list)
+    # mapping.meter_samples() memoises its work here, so extensions share it
+    samples: list | None = None
 
 
 @dataclass(slots=True)

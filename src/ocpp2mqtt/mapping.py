@@ -142,8 +142,11 @@ def sample_messages(sampled_values: list, base: str) -> tuple[list[tuple[str, st
     readings: list[Reading] = []
     phases: dict[str, list[float]] = {}
     plain: set[str] = set()
-    ordered = sorted(sampled_values, key=lambda s: not (
-        isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS))
+    ordered = sampled_values
+    if any(isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS
+           for s in sampled_values):
+        ordered = sorted(sampled_values, key=lambda s: not (
+            isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS))
     for sampled in ordered:
         reading = normalise(sampled)
         if reading is None:
@@ -251,10 +254,19 @@ def _merge_same_timestamp(entries: list) -> list:
     return merged
 
 
+def meter_samples(e: ev.MeterReading) -> list[tuple[dict, list[tuple[str, str]], list[Reading]]]:
+    """(entry, messages, readings) per meterValue entry, computed once per event."""
+    if e.samples is None:
+        e.samples = [
+            (entry, *sample_messages(entry.get("sampledValue", ()), "state"))
+            for entry in _merge_same_timestamp(e.meter_value)
+        ]
+    return e.samples
+
+
 def _meter(e: ev.MeterReading, view: StationView) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for entry in _merge_same_timestamp(e.meter_value):
-        messages, _ = sample_messages(entry.get("sampledValue", ()), "state")
+    for entry, messages, _ in meter_samples(e):
         out.extend(messages)
         if view.connector_topics:
             base = f"state/connector/{e.connector_id}"

@@ -28,8 +28,17 @@ _ESSENTIAL = re.compile(
 )
 
 
+_essential_cache: dict[str, bool] = {}
+
+
 def is_essential(topic: str) -> bool:
-    return _ESSENTIAL.search(topic) is not None
+    # Topics repeat (stations × keys): remember the answer instead of re-matching.
+    known = _essential_cache.get(topic)
+    if known is None:
+        if len(_essential_cache) > 200_000:
+            _essential_cache.clear()
+        known = _essential_cache[topic] = _ESSENTIAL.search(topic) is not None
+    return known
 
 
 class Outbox:
@@ -46,6 +55,7 @@ class Outbox:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         self.rows, self.bytes = int(row[0]), int(row[1])
         self.dropped_messages = 0
+        self._sizes: dict[int, int] = {}  # seq → size of rows written by this run
 
     def close(self) -> None:
         self._db.close()
@@ -62,7 +72,9 @@ class Outbox:
                     "INSERT INTO outbox (essential, size, body) VALUES (?, ?, ?)",
                     (int(essential), len(body), body),
                 )
-                seqs.append(int(cur.lastrowid))
+                seq = int(cur.lastrowid)
+                seqs.append(seq)
+                self._sizes[seq] = len(body)
                 self.rows += 1
                 self.bytes += len(body)
             if delivered:
@@ -74,16 +86,22 @@ class Outbox:
         return seqs
 
     def _delete(self, seqs: list[int]) -> None:
+        sizes = self._sizes
         for start in range(0, len(seqs), 500):
             chunk = seqs[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            row = self._db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox WHERE seq IN ({marks})",
-                chunk,
-            ).fetchone()
+            missing = [seq for seq in chunk if seq not in sizes]
+            if missing:  # rows from a previous run: learn their sizes once
+                marks_missing = ",".join("?" * len(missing))
+                sizes.update(self._db.execute(
+                    f"SELECT seq, size FROM outbox WHERE seq IN ({marks_missing})", missing
+                ).fetchall())
             self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
-            self.rows -= int(row[0])
-            self.bytes -= int(row[1])
+            for seq in chunk:
+                size = sizes.pop(seq, None)
+                if size is not None:
+                    self.rows -= 1
+                    self.bytes -= size
 
     def after(self, seq: int, limit: int = 500) -> list[tuple[int, list[Message]]]:
         rows = self._db.execute(

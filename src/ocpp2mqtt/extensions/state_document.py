@@ -133,8 +133,7 @@ class StateDocumentExtension:
         targets = [doc]
         if per_connector:
             targets.append(doc.setdefault("connectors", {}).setdefault(str(e.connector_id), {}))
-        for entry in e.meter_value:
-            messages, readings = mapping.sample_messages(entry.get("sampledValue", ()), "state")
+        for entry, messages, readings in mapping.meter_samples(e):
             if not messages:
                 continue
             timestamp = entry.get("timestamp")
