@@ -368,3 +368,42 @@ async def test_absolute_profile_kind_for_easee(settings_factory, recorder, basep
             assert profile["charging_schedule"]["start_schedule"].startswith("20")
         finally:
             await st.close()
+
+
+def test_parse_errors_keep_the_command_id():
+    with pytest.raises(commands.CommandError) as err:
+        commands.plan(b'{"id": "x8", "action": "reset", "type": "Soft"}', commands.StationFacts())
+    assert err.value.command_id == "x8" and err.value.action == "reset"
+    result = commands.result_document(err.value.action, "error", err.value.command_id,
+                                      error=str(err.value))
+    assert result["id"] == "x8"
+
+
+def test_tx_profile_goes_to_the_transaction_connector():
+    facts = commands.StationFacts(open_transactions={2: 77},
+                                  policy=commands.CurrentLimitPolicy(purpose="TxProfile"))
+    plan = commands.plan(b'{"action": "set_current_limit", "args": {"limit": 10}}', facts)
+    assert plan.payload["connectorId"] == 2
+    assert plan.payload["csChargingProfiles"]["transactionId"] == 77
+    with pytest.raises(commands.CommandError, match="active transaction"):
+        commands.plan(b'{"action": "set_current_limit", "args": {"limit": 10}}',
+                      commands.StationFacts(policy=commands.CurrentLimitPolicy(
+                          purpose="TxProfile")))
+
+
+async def test_other_stations_connecting_do_not_shorten_the_wait(settings_factory, recorder,
+                                                                 basepath):
+    settings = settings_factory(expected_charge_points=["Late"], ocpp_command_retry_attempts=4,
+                                ocpp_command_retry_base_delay=0.1)  # waits 1.5 s
+    async with Gateway(settings) as gw:
+        pending = asyncio.ensure_future(command(gw, recorder, f"{basepath}/Late",
+                                                {"action": "clear_cache"}))
+        others = [await connect_station(f"ws://127.0.0.1:{gw.port}", f"Other{i}")
+                  for i in range(6)]
+        late = await connect_station(f"ws://127.0.0.1:{gw.port}", "Late")
+        try:
+            result = await pending
+            assert result["status"] == "ok", result
+        finally:
+            for st in [*others, late]:
+                await st.close()

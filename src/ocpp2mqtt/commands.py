@@ -40,7 +40,9 @@ CONVENIENCE = (
 )
 ALL_ACTIONS = sorted([*OCPP_ACTIONS, *ALIASES, *CONVENIENCE])
 
-OK_STATUSES = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
+OK_STATUSES = frozenset(
+    {"Accepted", "AcceptedCanceled", "Unlocked", "Scheduled", "RebootRequired"}
+)
 
 
 class CommandError(Exception):
@@ -84,29 +86,38 @@ class Plan:
     note: str | None = None  # said in the result, e.g. "paused: limit below minimum"
 
 
+def _error(message: str, command_id: Any = None, action: str | None = None) -> CommandError:
+    exc = CommandError(message)
+    exc.command_id = command_id  # type: ignore[attr-defined]
+    exc.action = action  # type: ignore[attr-defined]
+    return exc
+
+
 def parse(raw: bytes) -> tuple[Any, str, dict]:
-    """Raw MQTT payload → (id, action, args); raises CommandError."""
+    """Raw MQTT payload → (id, action, args); raises CommandError (with the id if readable)."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise CommandError(f"payload is not valid JSON: {exc}") from None
+        raise _error(f"payload is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise CommandError(
+        raise _error(
             f'payload must be a JSON object {{"action": ..., "args": {{...}}}}, '
             f"got {type(doc).__name__}"
         )
     command_id = doc.get("id")
     action = doc.get("action")
     if not isinstance(action, str) or not action:
-        raise CommandError('"action" is missing or not a string')
+        raise _error('"action" is missing or not a string', command_id)
+    name = _normalise_action(action)
     args = doc.get("args", {})
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise CommandError(f'"args" must be a JSON object, got {type(args).__name__}')
+        raise _error(f'"args" must be a JSON object, got {type(args).__name__}', command_id, name)
     unknown = set(doc) - {"id", "action", "args"}
     if unknown:
-        raise CommandError(f"unknown top-level fields {sorted(unknown)}; put them in \"args\"")
+        raise _error(f"unknown top-level fields {sorted(unknown)}; put them in \"args\"",
+                     command_id, name)
     return command_id, action, args
 
 
@@ -207,11 +218,14 @@ def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
     if policy.kind == "Absolute" and facts.now:
         profile["chargingSchedule"]["startSchedule"] = facts.now
     if policy.purpose == "TxProfile":
-        tx = facts.open_transactions.get(connector or 0) or next(
-            iter(facts.open_transactions.values()), None
-        )
-        if tx is None:
-            raise CommandError("set_current_limit: TxProfile needs an active transaction")
+        if not connector:
+            # A TxProfile belongs to a transaction's connector, never connector 0.
+            connector = next(iter(sorted(facts.open_transactions)), 0)
+            profile["chargingProfileId"] = policy.profile_id_base + connector
+        tx = facts.open_transactions.get(connector)
+        if tx is None or not connector:
+            raise CommandError("set_current_limit: TxProfile needs an active transaction"
+                               + (f" on connector {connector}" if connector else ""))
         profile["transactionId"] = tx
     note = "limit below minimum current: pausing with 0 A" if (
         unit == "A" and args["limit"] > 0 and limit == 0.0

@@ -465,21 +465,27 @@ class Gateway:
                 raise NotConnected(str(exc)) from exc
 
     async def _wait_for_session(self, station: str) -> Session | None:
+        """The station's session, waiting up to the whole retry window for it to come back.
+
+        OCPP_COMMAND_RETRY_ATTEMPTS waits of OCPP_COMMAND_RETRY_BASE_DELAY, doubling: the
+        window is base × (2^attempts − 1). Other stations connecting do not shorten it.
+        """
         s = self.settings
-        delay = s.ocpp_command_retry_base_delay
-        for attempt in range(s.ocpp_command_retry_attempts + 1):
+        loop = asyncio.get_running_loop()
+        window = s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts - 1)
+        deadline = loop.time() + window
+        while True:
             name = station or self.last_station
             if name and name in self.sessions and not self.sessions[name].taken_over:
                 return self.sessions[name]
             if name and name in self._taken_over:
                 raise HandedOver(self._taken_over[name])
-            if attempt == s.ocpp_command_retry_attempts:
-                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
             try:
                 async with self._session_changed:
-                    await asyncio.wait_for(self._session_changed.wait(), delay)
+                    await asyncio.wait_for(self._session_changed.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
-            delay *= 2
-        return None
 
