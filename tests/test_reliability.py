@@ -66,8 +66,13 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
             finally:
                 await st.close()
         got = rec.values(energy)
-        print(f"readings across the outage: {len(sent) - 20}; received {len(got)} of {len(sent)}")
-        assert got == sent  # all of them, in order, none twice
+        # QoS 1 is at-least-once: a reading whose PUBACK the outage swallowed is sent again
+        # (MQTT's DUP). It can only repeat in place; anything else is loss or disorder.
+        collapsed = [v for i, v in enumerate(got) if i == 0 or v != got[i - 1]]
+        print(f"readings across the outage: {len(sent) - 20}; received {len(collapsed)} of "
+              f"{len(sent)}; {len(got) - len(collapsed)} redelivered")
+        assert collapsed == sent  # all of them, in order
+        assert len(got) - len(collapsed) <= 2
     finally:
         rec.close()
 
@@ -134,7 +139,8 @@ async def test_kill_9_loses_no_reading_or_transaction(own_broker, tmp_path, base
         proc = start_gateway_process(own_broker.port, basepath, data, port)
         await wait_listening(port, proc)
         await rec.wait_count(f"{p}/energy_active_import_register", len(sent), timeout=30)
-        assert rec.values(f"{p}/energy_active_import_register") == sent
+        got = rec.values(f"{p}/energy_active_import_register")
+        assert [v for i, v in enumerate(got) if i == 0 or v != got[i - 1]] == sent
         # the open transaction survived: its stop is accepted and the session energy is right
         st = await connect_station(f"ws://127.0.0.1:{port}", "K9")
         await st.cp.call(call.StopTransaction(meter_stop=1030, timestamp=TS,

@@ -129,6 +129,9 @@ class Gateway:
             close_timeout=min(10.0, s.ws_ping_timeout or 10.0),
             ssl=self._server_tls(),
             server_header=f"ocpp2mqtt/{__version__}",
+            # After a power cut every charger reconnects at once: the default accept
+            # backlog (100) drops SYNs and makes them retry seconds later.
+            backlog=min(s.max_connections, 4096),
         )
         scheme = "wss" if s.ocpp_tls_cert_file else "ws"
         log.info("OCPP server listening on %s://%s:%s/<station-id>", scheme, s.listen_addr,

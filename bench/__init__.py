@@ -1,0 +1,1 @@
+"""ocpp2mqtt benchmark: `./scripts/bench.sh` (or `python -m bench`); see bench/README.md."""
