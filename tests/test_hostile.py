@@ -167,3 +167,16 @@ async def test_strict_schema_mode_refuses_what_lenient_mode_accepts(settings_fac
                 assert answer[:2] == expected
                 if not lenient:
                     assert answer[2] == "TypeConstraintViolation"
+
+
+async def test_connection_limit_refuses_with_503(settings_factory):
+    async with Gateway(settings_factory(max_connections=1)) as gateway:
+        first = await connect_station(f"ws://127.0.0.1:{gateway.port}", "One")
+        try:
+            with pytest.raises(websockets.InvalidStatus) as err:
+                await websockets.connect(f"ws://127.0.0.1:{gateway.port}/Two",
+                                         subprotocols=["ocpp1.6"])
+            assert err.value.response.status_code == 503
+            assert (await first.cp.call(call.Heartbeat())).current_time
+        finally:
+            await first.close()
