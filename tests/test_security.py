@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import subprocess
-from pathlib import Path
 
 import pytest
 import websockets
@@ -14,19 +12,7 @@ from ocpp.v16 import call
 
 from ocpp2mqtt.gateway import Gateway
 from tests.conftest import make_settings
-from tests.helpers import ChargePoint, Mosquitto, MqttRecorder, connect_station
-
-
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1/localhost, made with the openssl CLI."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
+from tests.helpers import ChargePoint, Mosquitto, MqttRecorder, connect_station, make_cert
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +16,7 @@ import pytest
 
 from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.simulator import SimConfig, StationStats, simulate
-from tests.helpers import MqttRecorder, free_port
+from tests.helpers import MqttRecorder, free_port, make_cert
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
@@ -311,17 +309,6 @@ async def test_cli_fails_when_nothing_connects():
     assert proc.returncode == 1
     assert "SIM0001: connects=0 boots=0" in out.decode()
 
-
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 async def test_wss_and_basic_auth(settings_factory, recorder, basepath, tmp_path):
