@@ -170,7 +170,7 @@ class MqttLink:
                 if first:
                     await loop.run_in_executor(None, functools.partial(
                         self._client.connect,
-                        s.mqtt_hostname, s.mqtt_port if s.mqtt_transport != "unix" else 0,
+                        s.mqtt_hostname, s.mqtt_port,  # unix: hostname is the socket path
                         keepalive=s.mqtt_keepalive,
                         clean_start=True if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
                     ))
