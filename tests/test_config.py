@@ -82,6 +82,7 @@ def test_env_file_and_original_formats(monkeypatch, tmp_path):
         ("AUTHORIZED_TAG_ID_LIST", "[not json", "AUTHORIZED_TAG_ID_LIST"),
         ("AUTHORIZED_TAG_ID_LIST", '{"a": 1}', "AUTHORIZED_TAG_ID_LIST"),
         ("EXPECTED_CHARGE_POINTS", "CP1,CP2", "EXPECTED_CHARGE_POINTS"),
+        ("EXPECTED_CHARGE_POINTS", '["ok", "bad/id"]', "EXPECTED_CHARGE_POINTS"),
         ("MQTT_TRANSPORT", "carrier-pigeon", "MQTT_TRANSPORT"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
         ("MQTT_USESTATIONNAME", "perhaps", "MQTT_USESTATIONNAME"),

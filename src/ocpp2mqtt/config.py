@@ -155,6 +155,18 @@ class Settings(BaseSettings):
     def _json_list(cls, value: Any, info) -> Any:
         return _json_value(info.field_name, value, list)
 
+    @field_validator("expected_charge_points")
+    @classmethod
+    def _valid_station_ids(cls, value: list[str]) -> list[str]:
+        from ocpp2mqtt.stations import InvalidStationId, check_station_id
+
+        for station in value:
+            try:
+                check_station_id(str(station))
+            except InvalidStationId as exc:
+                raise ValueError(f"{station!r}: {exc}") from None
+        return [str(v) for v in value]
+
     @field_validator(
         "mqtt_websocket_headers", "ocpp_boot_configuration", "ocpp_boot_configuration_stations",
         "ocpp_basic_auth",
