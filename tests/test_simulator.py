@@ -137,7 +137,7 @@ async def test_stations_charge_realistically(gateway, url, recorder, basepath):
         it = iter(statuses)
         assert all(s in it for s in cycle), statuses
         assert recorder.values(f"{state}/authorize_status")[0] == "Accepted"
-        assert recorder.values(f"{state}/heartbeat")  # after each session
+        await recorder.wait_for(f"{state}/heartbeat")  # sent after each session
         starts = [int(v) for v in recorder.values(f"{state}/meter_start")]
         stops = [int(v) for v in recorder.values(f"{state}/meter_stop")]
         energies = [int(v) for v in recorder.values(f"{state}/session_energy")]

@@ -116,6 +116,9 @@ class MqttLink:
         self._connection_task: asyncio.Task | None = None
         self._lost = asyncio.Event()
         self._stopping = False
+        self._fd = -1
+        self._sock_obj: object | None = None
+        self._loop_thread = 0
         self._ack_task: asyncio.Task | None = None
         self._warned_drop = False
 
@@ -168,6 +171,7 @@ class MqttLink:
         on_connect: Callable[[], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._on_message = on_message
         self._on_connect = on_connect
         s = self.settings
@@ -223,30 +227,56 @@ class MqttLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, maximum)
 
-    # --- paho socket callbacks: may come from the executor thread that connects ---
+    # --- paho socket callbacks ---------------------------------------------------
+    # They come from the event loop, or from the executor thread that connects. paho
+    # calls on_socket_close just before closing the socket: from the loop thread we
+    # unregister at once, so a reused file descriptor never meets a stale registration;
+    # from elsewhere, registrations are matched to their socket object, never to a
+    # bare descriptor number that may already belong to a new socket.
     def _in_loop(self, fn: Callable, *args: object) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     def _socket_open(self, client, userdata, sock) -> None:
+        self._in_loop(self._register_socket, sock, sock.fileno())
+
+    def _register_socket(self, sock: object, fd: int) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.add_reader, sock, self._read)
+        self._sock_obj, self._fd = sock, fd
+        self._loop.add_reader(fd, self._read)
 
     def _socket_close(self, client, userdata, sock) -> None:
         self._in_loop(self._forget_socket, sock)
 
-    def _forget_socket(self, sock) -> None:
+    def _forget_socket(self, sock: object) -> None:
         assert self._loop is not None
-        self._loop.remove_reader(sock)
-        self._loop.remove_writer(sock)
+        if sock is not self._sock_obj:
+            return  # a newer socket owns the registration now
+        fd, self._sock_obj, self._fd = self._fd, None, -1
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
 
     def _socket_want_write(self, client, userdata, sock) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock: object) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.add_writer, sock, self._write)
+        if sock is self._sock_obj:
+            self._loop.add_writer(self._fd, self._write)
 
     def _socket_done_writing(self, client, userdata, sock) -> None:
+        self._in_loop(self._forget_writer, sock)
+
+    def _forget_writer(self, sock: object) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.remove_writer, sock)
+        if sock is self._sock_obj:
+            self._loop.remove_writer(self._fd)
 
     def _read(self) -> None:
         self._client.loop_read()
