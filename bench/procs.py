@@ -11,7 +11,6 @@ import ctypes
 import itertools
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ocpp2mqtt.broker import find_mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -124,9 +125,7 @@ def cpu_percent(before: dict[str, float], after: dict[str, float], seconds: floa
 
 # --- Mosquitto -------------------------------------------------------------------------
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    found = find_mosquitto()
     if not found:
         raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
     return found

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -22,6 +21,8 @@ from ocpp.routing import on
 from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call, call_result
 from paho.mqtt.enums import CallbackAPIVersion
+
+from ocpp2mqtt.broker import find_mosquitto
 
 
 def free_port() -> int:
@@ -43,9 +44,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    found = find_mosquitto()
     if not found:
         raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
     return found
