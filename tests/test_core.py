@@ -258,3 +258,20 @@ async def test_authorized_tag_list(settings_factory):
             assert start.id_tag_info["status"] == "Invalid"
         finally:
             await st.close()
+
+
+async def test_unchanged_values_can_be_skipped(settings_factory, recorder, basepath):
+    async with Gateway(settings_factory(mqtt_publish_unchanged=False)) as gw:
+        st = await connect_station(f"ws://127.0.0.1:{gw.port}", "Quiet")
+        p = f"{basepath}/Quiet/state"
+        try:
+            for wh in ("100", "100", "200"):
+                await st.cp.call(call.MeterValues(connector_id=1, meter_value=[
+                    {"timestamp": TS, "sampledValue": [
+                        {"value": wh, "unit": "Wh"},
+                        {"value": "230", "measurand": "Voltage", "unit": "V"}]}]))
+            await recorder.wait_for(f"{p}/energy_active_import_register", "200")
+            assert recorder.values(f"{p}/energy_active_import_register") == ["100", "200"]
+            assert recorder.values(f"{p}/voltage") == ["230"]
+        finally:
+            await st.close()

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     mqtt_websocket_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # --- MQTT (new) ---
     mqtt_qos: int = Field(1, ge=0, le=2)
+    mqtt_publish_unchanged: bool = True
     mqtt_tls: bool = False
     mqtt_tls_ca_file: str = ""
     mqtt_tls_cert_file: str = ""
@@ -139,6 +140,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "mqtt_usestationname", "ocpp_strict_subprotocol", "ocpp_lenient_schema",
+        "mqtt_publish_unchanged",
         "current_limit_round_amps",
         "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", "mqtt_tls",
         "mqtt_tls_insecure", "ocpp_allowlist_only", mode="before",

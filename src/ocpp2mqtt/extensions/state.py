@@ -15,6 +15,9 @@ class StateExtension:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
         self.views: dict[str, mapping.StationView] = {}
+        self.last_payloads: dict[str, str] | None = (
+            None if gateway.settings.mqtt_publish_unchanged else {}
+        )
 
     def _view(self, event: ev.Event) -> mapping.StationView:
         view = self.views.get(event.station)
@@ -40,8 +43,17 @@ class StateExtension:
             return
         prefix = self.gateway.prefix(event.station)
         publish = self.gateway.link.publish
+        last = self.last_payloads
         for subtopic, payload in messages:
-            publish(f"{prefix}/{subtopic}", payload, True)
+            topic = f"{prefix}/{subtopic}"
+            if last is not None:
+                # MQTT_PUBLISH_UNCHANGED=false: a retained topic already holds this value.
+                if last.get(topic) == payload:
+                    continue
+                last[topic] = payload
+            publish(topic, payload, True)
 
     def on_mqtt_connected(self) -> None:
-        pass
+        if self.last_payloads:
+            # The broker may have lost its retained messages: publish everything again.
+            self.last_payloads.clear()
