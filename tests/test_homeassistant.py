@@ -535,3 +535,23 @@ def test_documented_examples_are_valid():
     for node in flow:
         if node["type"] == "inject":  # the buttons send commands the gateway accepts
             assert commands.plan(node["payload"].encode(), facts).ocpp_action
+
+
+async def test_retained_bridge_request_runs_once_and_is_cleared(settings_factory, recorder,
+                                                               basepath, broker):
+    request = f"{basepath}/bridge/request/remove_station"
+    response = f"{basepath}/bridge/response/remove_station"
+    async with ha_gateway(settings_factory, basepath) as gw:
+        await gw.link.wait_subscribed(request)
+        recorder.publish(request, orjson.dumps({"station": "NOPE", "id": "ret-1"}), retain=True)
+        answer = orjson.loads(await recorder.wait_for(response))
+        assert answer["id"] == "ret-1"
+    # the broker no longer holds it: a late subscriber sees no retained request
+    late = MqttRecorder(broker.port, f"{basepath}/bridge/#")
+    try:
+        late.publish(f"{basepath}/bridge/probe", b"x")
+        await late.wait_for(f"{basepath}/bridge/probe", "x")
+        assert [m for m in late.snapshot() if m.topic == request and m.payload] == []
+    finally:
+        late.close()
+    assert len(recorder.values(response)) == 1

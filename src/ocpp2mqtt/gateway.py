@@ -341,6 +341,12 @@ class Gateway:
             extension.on_mqtt_connected()
 
     def _on_mqtt_message(self, msg: Incoming) -> None:
+        if "/bridge/request/" in f"/{msg.topic}":
+            if not msg.payload:
+                return  # our own clearing of a retained request
+            # Like commands: a retained request would run at every restart, and MQTT
+            # 3.1.1 hides the retain flag of live messages, so always clear.
+            self.link.publish(msg.topic, b"", retain=True, qos=1)
         for extension in self.extensions:
             hook = getattr(extension, "on_mqtt_message", None)
             if hook is not None and hook(msg.topic, msg.payload):
