@@ -66,13 +66,14 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
             finally:
                 await st.close()
         got = rec.values(energy)
-        # QoS 1 is at-least-once: a reading whose PUBACK the outage swallowed is sent again
-        # (MQTT's DUP). It can only repeat in place; anything else is loss or disorder.
-        collapsed = [v for i, v in enumerate(got) if i == 0 or v != got[i - 1]]
-        print(f"readings across the outage: {len(sent) - 20}; received {len(collapsed)} of "
-              f"{len(sent)}; {len(got) - len(collapsed)} redelivered")
-        assert collapsed == sent  # all of them, in order
-        assert len(got) - len(collapsed) <= 2
+        # QoS 1 is at-least-once: readings the broker delivered but whose PUBACK the outage
+        # swallowed are sent again (MQTT's DUP). First deliveries must be complete and in
+        # order; repeats are bounded by what was in flight when the broker died.
+        first = list(dict.fromkeys(got))
+        print(f"readings across the outage: {len(sent) - 20}; received {len(first)} of "
+              f"{len(sent)}; {len(got) - len(first)} redelivered")
+        assert first == sent  # all of them, in order
+        assert len(got) - len(first) <= 5
     finally:
         rec.close()
 
@@ -140,7 +141,7 @@ async def test_kill_9_loses_no_reading_or_transaction(own_broker, tmp_path, base
         await wait_listening(port, proc)
         await rec.wait_count(f"{p}/energy_active_import_register", len(sent), timeout=30)
         got = rec.values(f"{p}/energy_active_import_register")
-        assert [v for i, v in enumerate(got) if i == 0 or v != got[i - 1]] == sent
+        assert list(dict.fromkeys(got)) == sent
         # the open transaction survived: its stop is accepted and the session energy is right
         st = await connect_station(f"ws://127.0.0.1:{port}", "K9")
         await st.cp.call(call.StopTransaction(meter_stop=1030, timestamp=TS,
