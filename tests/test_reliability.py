@@ -62,7 +62,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
                     sent.append(str(wh))
                 assert gw.link.queue_depth() > 0
                 own_broker.start()
-                await rec.wait_count(energy, len(sent), timeout=30)
+                await rec.wait_for(energy, sent[-1], timeout=30)  # the last one, after all
             finally:
                 await st.close()
         got = rec.values(energy)
@@ -139,7 +139,7 @@ async def test_kill_9_loses_no_reading_or_transaction(own_broker, tmp_path, base
         own_broker.start()
         proc = start_gateway_process(own_broker.port, basepath, data, port)
         await wait_listening(port, proc)
-        await rec.wait_count(f"{p}/energy_active_import_register", len(sent), timeout=30)
+        await rec.wait_for(f"{p}/energy_active_import_register", sent[-1], timeout=30)
         got = rec.values(f"{p}/energy_active_import_register")
         assert list(dict.fromkeys(got)) == sent
         # the open transaction survived: its stop is accepted and the session energy is right
