@@ -102,14 +102,24 @@ def test_bad_value_stops_startup_naming_the_variable(tmp_path, var, value, needl
     assert "Traceback" not in proc.stderr
 
 
+def test_bad_secret_value_is_not_echoed(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocpp2mqtt"], cwd=tmp_path, capture_output=True, text=True,
+        env=clean_env(OCPP_BASIC_AUTH='{"CP1": "chargerpw"'), timeout=60,
+    )
+    assert proc.returncode == 2 and "OCPP_BASIC_AUTH" in proc.stderr
+    assert "chargerpw" not in proc.stderr
+
+
 def test_password_never_echoed(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "ocpp2mqtt", "check-config"],
-        env=clean_env(MQTT_PASSWORD="hunter2"), cwd=tmp_path, capture_output=True, text=True,
-        timeout=60,
+        env=clean_env(MQTT_PASSWORD="hunter2", OCPP_BASIC_AUTH='{"CP1": "chargerpw"}'),
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0
     assert "hunter2" not in proc.stdout + proc.stderr
+    assert "chargerpw" not in proc.stdout + proc.stderr and "CP1" in proc.stdout
     assert "MQTT_PASSWORD=**********" in proc.stdout
 
 

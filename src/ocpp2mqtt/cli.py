@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         for key, value in settings.model_dump().items():
+            if key == "ocpp_basic_auth":  # station → password: show stations only
+                value = {station: "**********" for station in value}
             print(f"{key.upper()}={value}")
         return 0
     setup_logging(settings)

@@ -29,7 +29,7 @@ def _json_value(name: str, raw: Any, kind: type) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos}): {raw!r}") from None
+        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(value, kind):
         raise ValueError(f"must be a JSON {kind.__name__}, got {type(value).__name__}")
     return value
@@ -245,7 +245,8 @@ def load_settings(**overrides: Any) -> Settings:
         if not field:  # a whole-model check: its message already names the variable
             raise ConfigError(msg) from None
         raw = first.get("input")
-        shown = "" if field == "mqtt_password" or isinstance(raw, dict) else f" (got {raw!r})"
+        secret = field in ("mqtt_password", "ocpp_basic_auth", "mqtt_websocket_headers")
+        shown = "" if secret or isinstance(raw, dict) else f" (got {raw!r})"
         raise ConfigError(f"{_env_name(field)}: {msg}{shown}") from None
     except SettingsError as exc:
         text = str(exc)
