@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+# hypothesis' pytest plugin imports this lazily in its terminal summary; under
+# CPython 3.11 that late import (with pytest's assertion rewriting, after the
+# gateways' worker threads have run) sometimes died with "AST constructor
+# recursion depth mismatch". Importing it up front avoids that.
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import hypothesis.internal.observability  # noqa: F401
 import pytest
 
 from ocpp2mqtt.config import Settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from pathlib import Path
 
 import pytest
 import websockets
@@ -116,3 +117,16 @@ def test_mqtt_tls_verifies_by_default(tmp_path):
                              mqtt_tls_ca_file=str(cert))
     ctx = MqttLink._tls_context(type("L", (), {"settings": insecure})())
     assert ctx.verify_mode == ssl.CERT_NONE
+
+
+def test_debug_logging_never_shows_charger_credentials():
+    from ocpp2mqtt.cli import _drop_credentials
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("websockets.server", logging.DEBUG, __file__, 1, message,
+                                 (), None)
+
+    assert not _drop_credentials(record("< Authorization: Basic Q1AxOnMzY3JldA=="))
+    assert _drop_credentials(record("< Host: 127.0.0.1"))
+    source = Path(__file__).parents[1] / "src" / "ocpp2mqtt" / "cli.py"
+    assert "handler.addFilter(_drop_credentials)" in source.read_text()

@@ -36,6 +36,8 @@ def setup_logging(settings: Settings) -> None:
         root.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(formatter)
+        # websockets logs handshake headers at DEBUG: never a charger's credentials.
+        handler.addFilter(_drop_credentials)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     # Library chatter stays at WARNING unless we debug.
@@ -43,6 +45,10 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger(name).setLevel(
             logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
         )
+
+
+def _drop_credentials(record: logging.LogRecord) -> bool:
+    return "authorization:" not in record.getMessage().lower()
 
 
 async def run_gateway(settings: Settings) -> None:

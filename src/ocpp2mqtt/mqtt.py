@@ -374,6 +374,8 @@ class MqttLink:
 
     # --- connection state (event-loop thread) -----------------------------------
     def _connected_in_loop(self) -> None:
+        if self._stopping:
+            return  # a connect that finished while we were shutting down
         self.connected.set()
         if self._replaying is None or self._replaying.done():
             self._replaying = asyncio.ensure_future(self._replay())
@@ -391,7 +393,7 @@ class MqttLink:
     async def _replay(self) -> None:
         """Hand the outbox backlog to paho, oldest first, then go online."""
         replayed = 0
-        while self.connected.is_set():
+        while self.connected.is_set() and not self._stopping:
             if len(self._mid_seq) > MAX_IN_FLIGHT:
                 await asyncio.sleep(ACK_INTERVAL)
                 continue
