@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ocpp2mqtt.broker import find_mosquitto
+from ocpp2mqtt.broker import mosquitto_binary
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -124,13 +124,6 @@ def cpu_percent(before: dict[str, float], after: dict[str, float], seconds: floa
 
 
 # --- Mosquitto -------------------------------------------------------------------------
-def mosquitto_binary() -> str:
-    found = find_mosquitto()
-    if not found:
-        raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
-    return found
-
-
 class Mosquitto:
     """A real Mosquitto on a free loopback port, with a temporary config."""
 

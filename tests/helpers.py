@@ -22,7 +22,7 @@ from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call, call_result
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ocpp2mqtt.broker import find_mosquitto
+from ocpp2mqtt.broker import mosquitto_binary
 
 
 def free_port() -> int:
@@ -41,13 +41,6 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
-
-
-def mosquitto_binary() -> str:
-    found = find_mosquitto()
-    if not found:
-        raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
-    return found
 
 
 class Mosquitto:

@@ -34,6 +34,14 @@ def find_mosquitto() -> str | None:
     )
 
 
+def mosquitto_binary() -> str:
+    """The mosquitto executable, or RuntimeError saying how to install it."""
+    found = find_mosquitto()
+    if not found:
+        raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
+    return found
+
+
 class EmbeddedBroker:
     def __init__(self, port: int = 1883):
         self.port = port
