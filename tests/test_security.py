@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import ssl
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,15 @@ from ocpp.v16 import call
 
 from ocpp2mqtt.gateway import Gateway
 from tests.conftest import make_settings
-from tests.helpers import ChargePoint, Mosquitto, MqttRecorder, connect_station, make_cert
+from tests.helpers import (
+    ChargePoint,
+    Mosquitto,
+    MqttRecorder,
+    connect_station,
+    free_port,
+    make_cert,
+    mosquitto_binary,
+)
 
 
 @pytest.fixture
@@ -130,3 +143,43 @@ def test_debug_logging_never_shows_charger_credentials():
     assert _drop_credentials(record("< Host: 127.0.0.1"))
     source = Path(__file__).parents[1] / "src" / "ocpp2mqtt" / "cli.py"
     assert "handler.addFilter(_drop_credentials)" in source.read_text()
+
+
+def start_password_broker(directory: Path) -> tuple[subprocess.Popen, int]:
+    """A Mosquitto that accepts only user "gw" with password "mqtt-secret"."""
+    pwfile = directory / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "gw", "mqtt-secret"],
+                   check=True, capture_output=True)
+    pwfile.chmod(0o600)
+    port = free_port()
+    conf = directory / "auth.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                    f"password_file {pwfile}\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(250):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, port
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("password broker did not start")
+
+
+async def test_mqtt_username_and_password(tmp_path, basepath, caplog):
+    proc, port = await asyncio.to_thread(start_password_broker, tmp_path)
+    try:
+        wrong = make_settings(port, basepath, tmp_path / "d1", mqtt_username="gw",
+                              mqtt_password="nope", http_enabled=False,
+                              homeassistant_discovery=False)
+        async with Gateway(wrong) as gw:
+            assert not await gw.link.wait_connected(2)  # refused: never connected
+        assert "nope" not in caplog.text
+        right = make_settings(port, basepath, tmp_path / "d2", mqtt_username="gw",
+                              mqtt_password="mqtt-secret", http_enabled=False,
+                              homeassistant_discovery=False)
+        async with Gateway(right) as gw:
+            assert await gw.link.wait_connected(10)
+        assert "mqtt-secret" not in caplog.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
