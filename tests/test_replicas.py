@@ -79,7 +79,10 @@ async def test_station_moves_between_replicas(two_replicas, broker, basepath):
         def claims() -> list[str]:
             return [orjson.loads(v)["id"] for v in rec.values(f"{prefix}/state/gateway")]
 
-        await rec.wait_count(f"{prefix}/state/gateway", 2)
+        for _ in range(500):  # B's claim arrives (poll with timeout)
+            if claims()[-1] != owner_a:
+                break
+            await asyncio.sleep(0.02)
         assert claims()[-1] != owner_a
         await asyncio.wait_for(on_a.ws.wait_closed(), 10)  # A dropped its stale connection
         await rec.wait_for(f"{prefix}/state/connection_state", "CONNECTED")
