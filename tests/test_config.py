@@ -133,3 +133,15 @@ def test_cli_help_and_version(tmp_path):
     script = Path(sys.executable).parent / "ocpp2mqtt"
     assert subprocess.run([str(script), "--version"], capture_output=True,
                           timeout=60).returncode == 0
+
+
+def test_docs_name_only_real_variables():
+    known = {name for name, _ in env_documentation()}
+    prefixes = ("MQTT", "OCPP", "CURRENT", "HTTP", "LOG", "LISTEN", "EXPECTED", "HOMEASSISTANT",
+                "STATION", "DEFAULT", "OUTBOX", "EMBEDDED", "CONNECTOR", "MAX", "WS", "DATA",
+                "HEARTBEAT", "AUTHORIZED")
+    docs = [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    for path in docs:
+        names = set(re.findall(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9])\b", path.read_text()))
+        unknown = {n for n in names if n.split("_")[0] in prefixes} - known
+        assert not unknown, f"{path.name} names unknown variables {sorted(unknown)}"
