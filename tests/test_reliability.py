@@ -229,7 +229,7 @@ async def test_flooding_charger_is_throttled_not_dropped(settings_factory, recor
             answers = [orjson.loads(await asyncio.wait_for(flood.recv(), 10)) for _ in range(40)]
             assert [a[1] for a in answers] == [f"f{i}" for i in range(40)]
             assert all(a[0] == 3 for a in answers)
-            assert gw.counters["rate_limited"] >= 1
+            assert gw.metrics.registry.get_sample_value("ocpp2mqtt_ocpp_rate_limited_total") >= 1
         finally:
             await flood.close()
             await calm.close()

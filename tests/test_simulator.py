@@ -131,11 +131,14 @@ async def test_stations_charge_realistically(gateway, url, recorder, basepath):
 
     for station in ("SIM0001", "SIM0002"):
         state = f"{basepath}/{station}/state"
-        # The status cycle of a session, in order.
-        statuses = recorder.values(f"{state}/status")
-        cycle = ["Available", "Preparing", "Charging", "Finishing", "Available"]
-        it = iter(statuses)
-        assert all(s in it for s in cycle), statuses
+        # The status cycle of a session, in order. The last statuses were sent just
+        # before the simulator stopped: wait for the broker to deliver them.
+        def cycled(state: str = state) -> bool:
+            it = iter(recorder.values(f"{state}/status"))
+            return all(s in it for s in ("Available", "Preparing", "Charging", "Finishing",
+                                         "Available"))
+
+        await until(cycled, f"the status cycle of a session of {station}")
         assert recorder.values(f"{state}/authorize_status")[0] == "Accepted"
         await recorder.wait_for(f"{state}/heartbeat")  # sent after each session
         starts = [int(v) for v in recorder.values(f"{state}/meter_start")]

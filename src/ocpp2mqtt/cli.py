@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocpp2mqtt: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        for key, value in settings.model_dump().items():
-            if key == "ocpp_basic_auth":  # station → password: show stations only
-                value = {station: "**********" for station in value}
-            print(f"{key.upper()}={value}")
+        for name, value in settings.redacted().items():
+            print(f"{name}={value}")
         return 0
     setup_logging(settings)
     loop_kind = _install_uvloop()

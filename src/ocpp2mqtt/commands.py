@@ -104,6 +104,10 @@ def parse(raw: bytes) -> tuple[Any, str, dict]:
             f'payload must be a JSON object {{"action": ..., "args": {{...}}}}, '
             f"got {type(doc).__name__}"
         )
+    if protocol.too_deep(doc):
+        command_id = doc.get("id")
+        raise _error(f"command nested deeper than {protocol.MAX_DEPTH} levels",
+                     command_id if not isinstance(command_id, (dict, list)) else None)
     command_id = doc.get("id")
     action = doc.get("action")
     if not isinstance(action, str) or not action:
@@ -119,6 +123,16 @@ def parse(raw: bytes) -> tuple[Any, str, dict]:
         raise _error(f"unknown top-level fields {sorted(unknown)}; put them in \"args\"",
                      command_id, name)
     return command_id, action, args
+
+
+def peek_id(raw: bytes) -> Any:
+    """The command's id if it can be read at all (for results of failed commands)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    command_id = doc.get("id") if isinstance(doc, dict) else None
+    return command_id if isinstance(command_id, (str, int, float, bool)) else None
 
 
 def _normalise_action(action: str) -> str:
@@ -294,18 +308,25 @@ def result_document(
     response: Any = None,
     error: str | None = None,
     note: str | None = None,
+    raw: bool = False,
 ) -> dict:
+    """The JSON result of one command. `raw`: the response is shown as received
+    (an invalid answer), not converted to snake_case."""
     if isinstance(plan_or_action, Plan):
         action, command_id, note = plan_or_action.action, plan_or_action.command_id, (
             note or plan_or_action.note
         )
     else:
         action = plan_or_action
+    if response is not None and protocol.too_deep(response):
+        response = f"<answer nested deeper than {protocol.MAX_DEPTH} levels, not shown>"
+    elif isinstance(response, (dict, list)) and not raw:
+        response = camel_to_snake_case(response)
     doc = {
         "id": command_id,
         "action": action,
         "status": status,
-        "response": camel_to_snake_case(response) if response is not None else None,
+        "response": response,
         "error": error,
     }
     if note:

@@ -15,6 +15,15 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+MASK = "**********"
+
+# Every setting that holds a secret, and how much of it may be shown: "all" hides the
+# value, "values" keeps a mapping's keys (station ids, header names) and hides its values.
+SECRET_FIELDS: dict[str, Literal["all", "values"]] = {
+    "mqtt_password": "all",
+    "mqtt_websocket_headers": "values",
+    "ocpp_basic_auth": "values",
+}
 
 
 class ConfigError(Exception):
@@ -220,6 +229,18 @@ class Settings(BaseSettings):
             raise ValueError("OCPP_TLS_CERT_FILE and OCPP_TLS_KEY_FILE must be set together")
         return self
 
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by variable name, secrets masked (SECRET_FIELDS): for check-config."""
+        out = {}
+        for key, value in self.model_dump().items():
+            how = SECRET_FIELDS.get(key)
+            if how == "values" and isinstance(value, dict):
+                value = dict.fromkeys(value, MASK)
+            elif how is not None:
+                value = MASK if value else ""
+            out[_env_name(key)] = value
+        return out
+
     @property
     def reconnect_delays(self) -> tuple[float, float]:
         return self.mqtt_reconnect_base_delay, max(
@@ -245,7 +266,7 @@ def load_settings(**overrides: Any) -> Settings:
         if not field:  # a whole-model check: its message already names the variable
             raise ConfigError(msg) from None
         raw = first.get("input")
-        secret = field in ("mqtt_password", "ocpp_basic_auth", "mqtt_websocket_headers")
+        secret = field in SECRET_FIELDS
         shown = "" if secret or isinstance(raw, dict) else f" (got {raw!r})"
         raise ConfigError(f"{_env_name(field)}: {msg}{shown}") from None
     except SettingsError as exc:
@@ -263,4 +284,4 @@ def env_documentation() -> list[tuple[str, Any]]:
     return out
 
 
-__all__ = ["ConfigError", "Settings", "env_documentation", "load_settings"]
+__all__ = ["SECRET_FIELDS", "ConfigError", "Settings", "env_documentation", "load_settings"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
@@ -24,8 +23,9 @@ from ocpp2mqtt.extensions.boot_configuration import BootConfigurationExtension
 from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
 from ocpp2mqtt.extensions.state import StateExtension
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
-from ocpp2mqtt.health import start_http
+from ocpp2mqtt.health import live_metrics, start_http
 from ocpp2mqtt.mapping import station_prefix
+from ocpp2mqtt.metrics import Metrics
 from ocpp2mqtt.mqtt import Incoming, MqttLink
 from ocpp2mqtt.security import check_basic_auth, load_passwords
 from ocpp2mqtt.session import CallErrorReceived, Session, utc_now
@@ -69,7 +69,9 @@ class Gateway:
         self._warned_subprotocol: set[str] = set()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.counters: Counter[str] = Counter()
+        self.metrics = Metrics()
+        self._shared_warned: set[str] = set()
+        self.metrics.live(lambda: live_metrics(self))
         self.passwords = load_passwords(settings)
         self.instance_id = self.store.instance_id()
         self.started_at = utc_now(precise=True)
@@ -177,10 +179,10 @@ class Gateway:
         return station_prefix(s.mqtt_basepath, station, s.mqtt_usestationname)
 
     def metrics_frame_error(self, code: str) -> None:
-        self.counters[f"frame_error:{code}"] += 1
+        self.metrics.frame_errors.labels(code).inc()
 
     def metrics_message_in(self, action: str) -> None:
-        self.counters[f"in:{action}"] += 1
+        self.metrics.message_received(action)
 
     # --- authorization ---------------------------------------------------------
     def charging_enabled(self, station: str) -> bool:
@@ -200,22 +202,22 @@ class Gateway:
         try:
             station = station_id_from_path(request.path, ip, self.settings.station_id_fallback)
         except InvalidStationId as exc:
-            self.counters["handshake_rejected"] += 1
+            self.metrics.handshake_rejections.inc()
             log.warning("refused handshake from %s for %.80r: %s", ip, request.path, exc)
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
         refusal = self._refuse(connection, request, station, ip)
         if refusal is not None:
-            self.counters["handshake_rejected"] += 1
+            self.metrics.handshake_rejections.inc()
             return refusal
         offered = request.headers.get("Sec-WebSocket-Protocol")
         if offered is not None and protocol.SUBPROTOCOL not in [
             p.strip() for p in offered.split(",")
         ]:
-            self.counters["handshake_rejected"] += 1
+            self.metrics.handshake_rejections.inc()
             log.warning("refused %s: offers only %s, we speak ocpp1.6", station, offered)
             return connection.respond(HTTPStatus.BAD_REQUEST, "only ocpp1.6 is supported\n")
         if offered is None and self.settings.ocpp_strict_subprotocol:
-            self.counters["handshake_rejected"] += 1
+            self.metrics.handshake_rejections.inc()
             log.warning("refused %s: no Sec-WebSocket-Protocol (OCPP_STRICT_SUBPROTOCOL)", station)
             return connection.respond(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Protocol required\n")
         connection.ocpp_station = station  # type: ignore[attr-defined]
@@ -273,6 +275,7 @@ class Gateway:
             log.info("%s reconnected; closing its previous connection", station)
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
         log.info("%s connected from %s", station, ip)
+        self._warn_shared_topics(station)
         self._taken_over.pop(station, None)
         # Subscribe before claiming the station: a replica that sees our claim may
         # hand a waiting command over by re-publishing it, and we must hear it.
@@ -294,6 +297,27 @@ class Gateway:
                     log.info("%s disconnected (%s)", station, ws.close_code)
                     self.emit(ev.Disconnected(station, utc_now(), reason=str(ws.close_code)))
                     self._schedule_unwatch(station)
+
+    def shared_topic_stations(self) -> int:
+        """Connected stations that publish on one shared prefix (MQTT_USESTATIONNAME=false)."""
+        return 0 if self.settings.mqtt_usestationname else len(self.sessions)
+
+    def _warn_shared_topics(self, station: str) -> None:
+        # The original's default: every station on one prefix. Right for one charger;
+        # with two, their values silently interleave on the same topics.
+        if self.settings.mqtt_usestationname or station in self._shared_warned:
+            return
+        others = sorted(s for s in self.sessions if s != station)
+        if not others:
+            return
+        self._shared_warned.add(station)
+        log.warning(
+            "%s connected while %s %s connected too: with MQTT_USESTATIONNAME=false every "
+            "station publishes on the same topics under %r and their values mix. Set "
+            "MQTT_USESTATIONNAME=true to give each station its own topics "
+            "(<basepath>/<station-id>/...)",
+            station, ", ".join(others[:5]), "is" if len(others) == 1 else "are",
+            self.settings.mqtt_basepath)
 
     async def _notify_sessions(self) -> None:
         async with self._session_changed:
@@ -403,12 +427,22 @@ class Gateway:
             log.info("%s: command handed over to replica %s", station, exc)
             self.link.publish(msg.topic, msg.payload, retain=False, qos=1)
             return
+        except Exception as exc:  # a bug must still give the command its one result
+            log.exception("%s: command failed inside the gateway", station or "?")
+            doc = commands.result_document("?", "error", command_id=commands.peek_id(msg.payload),
+                                           error=f"internal error: {type(exc).__name__}")
         if msg.retain:
             doc["retained_cleared"] = True
         target = station or self.last_station or ""
-        self.counters[f"command:{doc['status']}"] += 1
+        self.metrics.commands.labels(doc["status"]).inc()
         prefix = self.prefix(target) if target else self.settings.mqtt_basepath
-        body = orjson.dumps(doc)
+        try:
+            body = orjson.dumps(doc)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            log.error("%s: command result not serialisable (%s)", target or "?", exc)
+            doc = commands.result_document(doc.get("action", "?"), "error",
+                                           command_id=None, error="result not serialisable")
+            body = orjson.dumps(doc)
         self.link.publish(f"{prefix}/cmd_result", body, retain=False)
         for subtopic, payload in commands.legacy_result_messages(doc):
             self.link.publish(f"{prefix}/{subtopic}", payload, retain=False)
@@ -449,6 +483,9 @@ class Gateway:
                                          exc.description, "errorDetails": exc.details},
                 error=f"charger answered CALLERROR {exc}",
             )
+        except protocol.InvalidAnswer as exc:
+            return commands.result_document(plan, "error", response=exc.raw, error=str(exc),
+                                            raw=True)
         except asyncio.TimeoutError:
             return commands.result_document(
                 plan, "timeout",
@@ -460,7 +497,8 @@ class Gateway:
         """Send one CALL to a station, one at a time per station.
 
         Waits for a momentarily disconnected station (OCPP_COMMAND_RETRY_*);
-        raises NotConnected, CallErrorReceived or asyncio.TimeoutError.
+        raises NotConnected, CallErrorReceived, protocol.InvalidAnswer (an answer that
+        does not match the action's response schema) or asyncio.TimeoutError.
         """
         target = station or self.last_station or ""
         lock = self.command_locks.setdefault(target, asyncio.Lock())
@@ -469,9 +507,12 @@ class Gateway:
             if session is None:
                 raise NotConnected(f"station {target or '?'} is not connected")
             try:
-                return await session.call(action, payload, self.settings.ocpp_response_timeout)
+                answer = await session.call(action, payload,
+                                            self.settings.ocpp_response_timeout)
             except ConnectionError as exc:
                 raise NotConnected(str(exc)) from exc
+        protocol.check_answer(action, answer, self.settings.ocpp_lenient_schema)
+        return answer
 
     async def _wait_for_session(self, station: str) -> Session | None:
         """The station's session, waiting up to the whole retry window for it to come back.

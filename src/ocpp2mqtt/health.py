@@ -1,6 +1,6 @@
 """HTTP health and metrics endpoints (issue 7).
 
-A deliberately small HTTP/1.1 server on asyncio streams (no extra dependency),
+A deliberately small HTTP/1.1 server on asyncio streams,
 listening on HTTP_ADDR:HTTP_PORT when HTTP_ENABLED:
 
 - `GET /healthz`  liveness: 200 while the event loop answers.
@@ -18,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
-import time
 from typing import TYPE_CHECKING
 
 from ocpp2mqtt import __version__
+from ocpp2mqtt.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from ocpp2mqtt.gateway import Gateway
@@ -43,23 +41,6 @@ _STATUS_TEXT = {
     503: "Service Unavailable",
 }
 _TEXT = "text/plain; charset=utf-8"
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _process_start_time() -> float:
-    """Unix time the process started (Linux: from /proc; elsewhere: import time)."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 of stat(5), counted after "(comm)"
-        with open("/proc/stat", encoding="ascii") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
-
-
-PROCESS_START = _process_start_time()
 
 
 def bound_port(server: asyncio.AbstractServer) -> int:
@@ -83,104 +64,32 @@ def readiness(gateway: Gateway) -> tuple[bool, str]:
     return True, "ready\n"
 
 
-# --- Prometheus text format -------------------------------------------------------
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return str(int(value))
-    return repr(float(value))
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str,
-               samples: list[tuple[dict[str, str], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text
-                              else f"{name} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _labelled(counters: dict[str, int], prefix: str, label: str) -> list[tuple[dict, float]]:
-    return [({label: key[len(prefix):]}, value)
-            for key, value in sorted(counters.items()) if key.startswith(prefix)]
-
-
-def _resident_memory_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _open_fds() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-def render_metrics(gateway: Gateway, started: float) -> str:
-    counters = dict(gateway.counters)
+def live_metrics(gateway: Gateway):
+    """The values /metrics reads from the gateway at every scrape."""
     link = gateway.link
-    out = _Exposition()
-    out.family("ocpp2mqtt_build_info", "gauge", "Version of ocpp2mqtt and Python.",
-               [({"version": __version__, "python": sys.version.split()[0]}, 1)])
-    out.family("ocpp2mqtt_uptime_seconds", "gauge", "Seconds since the gateway started.",
-               [({}, round(time.monotonic() - started, 3))])
-    out.family("ocpp2mqtt_ready", "gauge", "1 when /readyz answers 200.",
-               [({}, 1 if readiness(gateway)[0] else 0)])
-    out.family("ocpp2mqtt_connected_stations", "gauge",
-               "Charge points connected over OCPP right now.",
-               [({}, len(gateway.sessions))])
-    out.family("ocpp2mqtt_ocpp_messages_received_total", "counter",
-               "CALLs received from charge points and answered, by OCPP action.",
-               _labelled(counters, "in:", "action"))
-    out.family("ocpp2mqtt_ocpp_frame_errors_total", "counter",
-               "Frames or CALLs from charge points answered with a CALLERROR, by error code.",
-               _labelled(counters, "frame_error:", "code"))
-    out.family("ocpp2mqtt_ocpp_handshake_rejections_total", "counter",
-               "WebSocket handshakes refused (bad station id or subprotocol).",
-               [({}, counters.get("handshake_rejected", 0))])
-    out.family("ocpp2mqtt_commands_total", "counter",
-               "MQTT commands executed, by result status.",
-               _labelled(counters, "command:", "status"))
-    out.family("ocpp2mqtt_mqtt_connected", "gauge", "1 while connected to the MQTT broker.",
-               [({}, 1 if link.connected.is_set() else 0)])
-    out.family("ocpp2mqtt_mqtt_queue_depth", "gauge",
-               "MQTT messages queued or in flight, not yet acknowledged by the broker.",
-               [({}, link.queue_depth())])
-    out.family("ocpp2mqtt_mqtt_messages_published_total", "counter",
-               "MQTT messages handed to the client for publishing.",
-               [({}, link.published)])
-    # Standard process metrics (names as in the Prometheus client libraries).
-    usage = os.times()
-    out.family("process_cpu_seconds_total", "counter",
-               "Total user and system CPU time spent in seconds.",
-               [({}, round(usage.user + usage.system, 3))])
-    out.family("process_start_time_seconds", "gauge",
-               "Start time of the process since unix epoch in seconds.",
-               [({}, round(PROCESS_START, 3))])
-    rss = _resident_memory_bytes()
-    if rss is not None:
-        out.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-                   [({}, rss)])
-    fds = _open_fds()
-    if fds is not None:
-        out.family("process_open_fds", "gauge", "Number of open file descriptors.",
-                   [({}, fds)])
-    return out.text()
+    yield ("gauge", "ocpp2mqtt_uptime_seconds", "Seconds since the gateway started.",
+           round(gateway.metrics.uptime(), 3))
+    yield ("gauge", "ocpp2mqtt_ready", "1 when /readyz answers 200.",
+           1 if readiness(gateway)[0] else 0)
+    yield ("gauge", "ocpp2mqtt_connected_stations",
+           "Charge points connected over OCPP right now.", len(gateway.sessions))
+    yield ("gauge", "ocpp2mqtt_mqtt_connected", "1 while connected to the MQTT broker.",
+           1 if link.connected.is_set() else 0)
+    yield ("gauge", "ocpp2mqtt_mqtt_queue_depth",
+           "MQTT messages queued or in flight, not yet acknowledged by the broker.",
+           link.queue_depth())
+    yield ("counter", "ocpp2mqtt_mqtt_messages_published",
+           "MQTT messages handed to the client for publishing.", link.published)
+    yield ("counter", "ocpp2mqtt_mqtt_publish_failures",
+           "MQTT messages the client refused, or outbox writes that failed.",
+           link.publish_failures)
+    yield ("counter", "ocpp2mqtt_outbox_dropped_messages",
+           "Non-essential messages dropped because the outbox was over OUTBOX_MAX_BYTES.",
+           link.outbox.dropped_messages)
+    yield ("gauge", "ocpp2mqtt_shared_topic_stations",
+           "Connected stations publishing on one shared set of topics "
+           "(MQTT_USESTATIONNAME=false); more than 1 mixes their values.",
+           gateway.shared_topic_stations())
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -203,7 +112,7 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def _route(gateway: Gateway, started: float, method: str, target: str) -> bytes:
+def _route(gateway: Gateway, method: str, target: str) -> bytes:
     head = method == "HEAD"
     path = target.split("?", 1)[0]
     if path not in ("/healthz", "/readyz", "/metrics"):
@@ -216,10 +125,10 @@ def _route(gateway: Gateway, started: float, method: str, target: str) -> bytes:
     if path == "/readyz":
         ready, text = readiness(gateway)
         return _response(200 if ready else 503, text, head=head)
-    return _response(200, render_metrics(gateway, started), PROMETHEUS_CONTENT_TYPE, head=head)
+    return _response(200, gateway.metrics.render().decode(), CONTENT_TYPE, head=head)
 
 
-def _handler(gateway: Gateway, started: float):
+def _handler(gateway: Gateway):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
@@ -238,7 +147,7 @@ def _handler(gateway: Gateway, started: float):
                 writer.write(_response(400, "bad request\n"))
                 return
             method, target, _ = parts
-            writer.write(_route(gateway, started, method, target))
+            writer.write(_route(gateway, method, target))
         except Exception:
             log.exception("health endpoint failed")
         finally:
@@ -256,13 +165,12 @@ async def start_http(gateway: Gateway) -> asyncio.AbstractServer | None:
     s = gateway.settings
     if not s.http_enabled:
         return None
-    started = time.monotonic()
     server = await asyncio.start_server(
-        _handler(gateway, started), s.http_addr, s.http_port, limit=MAX_HEAD
+        _handler(gateway), s.http_addr, s.http_port, limit=MAX_HEAD
     )
     log.info("health and metrics on http://%s:%s (/healthz /readyz /metrics)",
              s.http_addr, bound_port(server))
     return server
 
 
-__all__ = ["bound_port", "readiness", "render_metrics", "start_http"]
+__all__ = ["bound_port", "live_metrics", "readiness", "start_http"]

@@ -25,6 +25,31 @@ from ocpp.v16.enums import Action
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 SUBPROTOCOL = "ocpp1.6"
 MAX_UNIQUE_ID_LENGTH = 36
+# OCPP integers are stored and re-encoded as 64-bit; a larger one is a type violation
+# (answering InternalError would make the charger retry the message forever).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# OCPP-J 1.6 §4.2.3, CallError codes and their descriptions as the specification writes them.
+# The `ocpp` package swaps the texts of NotImplemented and NotSupported (mobilityhouse/ocpp
+# #426, #493); the specification wins, so every CALLERROR we send takes its text from here.
+SPEC_DESCRIPTIONS = {
+    "NotImplemented": "Requested Action is not known by receiver",
+    "NotSupported": "Requested Action is recognized but not supported by the receiver",
+    "InternalError": "An internal error occurred and the receiver was not able to process the "
+    "requested Action successfully",
+    "ProtocolError": "Payload for Action is incomplete",
+    "SecurityError": "During the processing of Action a security issue occurred preventing "
+    "receiver from completing the Action successfully",
+    "FormationViolation": "Payload for Action is syntactically incorrect or not conform the PDU "
+    "structure for Action",
+    "PropertyConstraintViolation": "Payload is syntactically correct but at least one field "
+    "contains an invalid value",
+    "OccurenceConstraintViolation": "Payload for Action is syntactically correct but at least "
+    "one of the fields violates occurence constraints",
+    "TypeConstraintViolation": "Payload for Action is syntactically correct but at least one of "
+    "the fields violates data type constraints (e.g. \"somestring\": 12)",
+    "GenericError": "Any other error not covered by the previous ones",
+}
 
 # Actions a charge point may send to a central system (OCPP 1.6 core and
 # firmware/diagnostics profiles). DataTransfer goes both ways.
@@ -100,6 +125,19 @@ def _drop_multiple_of(schema: Any) -> Any:
     return schema
 
 
+def _bound_integers(schema: Any) -> Any:
+    """Every OCPP integer gets the 64-bit range, unless the schema bounds it already."""
+    if isinstance(schema, dict):
+        out = {k: _bound_integers(v) for k, v in schema.items()}
+        if out.get("type") == "integer":
+            out.setdefault("minimum", INT64_MIN)
+            out.setdefault("maximum", INT64_MAX)
+        return out
+    if isinstance(schema, list):
+        return [_bound_integers(v) for v in schema]
+    return schema
+
+
 @cache
 def load_schema(name: str) -> dict:
     text = resources.files("ocpp.v16").joinpath("schemas", f"{name}.json").read_text("utf-8-sig")
@@ -109,7 +147,7 @@ def load_schema(name: str) -> dict:
 @cache
 def validator(name: str) -> Callable[[Any], Any]:
     """Compiled validator for schema `name` (e.g. "MeterValues", "ResetResponse")."""
-    schema = _drop_multiple_of(load_schema(name))
+    schema = _bound_integers(_drop_multiple_of(load_schema(name)))
     return fastjsonschema.compile(schema, formats={"date-time": _permissive_date_time})
 
 
@@ -119,7 +157,10 @@ def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> ocpp_errors.OC
     cause = exc.message.replace("data.", "").replace("data ", "payload ")
     details = {"cause": cause, "field": field}
     rule = exc.rule
-    if rule in ("type", "maxLength"):
+    if rule in ("minimum", "maximum") and exc.rule_definition in (INT64_MIN, INT64_MAX):
+        details["cause"] = f"{field}: integer out of the 64-bit range"
+        cls = ocpp_errors.TypeConstraintViolationError
+    elif rule in ("type", "maxLength"):
         cls = ocpp_errors.TypeConstraintViolationError
     elif rule == "required":
         cls = ocpp_errors.ProtocolError
@@ -197,10 +238,12 @@ def parse_frame(raw: str | bytes) -> Frame:
         description = msg[3] if len(msg) > 3 and isinstance(msg[3], str) else ""
         details = msg[4] if len(msg) > 4 else {}
         return CallError(unique_id, code, description, details)
+    # OCPP 1.6 has no code for an unknown message type (2.0.1 added MessageTypeNotSupported):
+    # such a frame does not conform to the PDU structure.
     raise FrameError(
         unique_id,
-        ocpp_errors.PropertyConstraintViolationError(
-            details={"cause": f"message type id {type_id!r} is not 2, 3 or 4"}
+        ocpp_errors.FormationViolationError(
+            details={"cause": f"message type id {str(type_id)[:20]!r} is not 2, 3 or 4"}
         ),
     )
 
@@ -232,7 +275,7 @@ def _lenient(schema: Any) -> Any:
 
 @cache
 def request_validator(name: str) -> Callable[[Any], Any]:
-    schema = _lenient(_drop_multiple_of(load_schema(name)))
+    schema = _bound_integers(_lenient(_drop_multiple_of(load_schema(name))))
     return fastjsonschema.compile(schema, formats={"date-time": _permissive_date_time})
 
 
@@ -250,10 +293,10 @@ def check_call(call: Call, lenient: bool = True) -> None:
     """
     if call.action not in CHARGER_INITIATED:
         if call.action in KNOWN_ACTIONS:
-            raise ocpp_errors.NotImplementedError(
-                details={"cause": f"{call.action} is not handled by this central system"}
+            raise ocpp_errors.NotSupportedError(
+                details={"cause": f"{call.action} is not accepted from a charge point here"}
             )
-        raise ocpp_errors.NotSupportedError(
+        raise ocpp_errors.NotImplementedError(
             details={"cause": f"unknown action {call.action[:64]!r}"}
         )
     if not lenient:
@@ -266,15 +309,61 @@ def check_call(call: Call, lenient: bool = True) -> None:
         raise schema_error(exc) from None
 
 
+MAX_DEPTH = 32  # OCPP payloads nest about 6 levels; deeper is hostile or broken
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if `value` nests lists/objects deeper than `limit` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class InvalidAnswer(Exception):
+    """A charger's CALLRESULT does not match the action's response schema."""
+
+    def __init__(self, action: str, cause: str, raw: Any):
+        super().__init__(f"the charger's answer to {action} is invalid: {cause}")
+        self.raw = raw
+
+
+def check_answer(action: str, payload: Any, lenient: bool = True) -> None:
+    """Raise InvalidAnswer unless `payload` is a valid `<action>Response`.
+
+    `lenient` (OCPP_LENIENT_SCHEMA) drops string length limits, as for requests.
+    """
+    if too_deep(payload):
+        raise InvalidAnswer(action, f"nested deeper than {MAX_DEPTH} levels",
+                            f"<answer nested deeper than {MAX_DEPTH} levels, not shown>")
+    check = request_validator if lenient else validator
+    try:
+        check(f"{action}Response")(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        error = schema_error(exc)
+        details = error.details if isinstance(error.details, dict) else {}
+        raise InvalidAnswer(action, f"{details.get('cause', exc.message)} ({error.code})",
+                            payload) from None
+
+
 def encode_result(unique_id: str, payload: dict) -> str:
     return orjson.dumps([CALLRESULT, unique_id, payload]).decode()
 
 
 def encode_error(unique_id: str, error: ocpp_errors.OCPPError) -> str:
+    """A CALLERROR frame with the specification's description of the code."""
     details = error.details if isinstance(error.details, dict) else {}
-    return orjson.dumps(
-        [CALLERROR, unique_id, error.code, error.description or "", details]
-    ).decode()
+    description = SPEC_DESCRIPTIONS.get(error.code, error.description or "")
+    return orjson.dumps([CALLERROR, unique_id, error.code, description, details]).decode()
 
 
 def encode_call(unique_id: str, action: str, payload: dict) -> str:

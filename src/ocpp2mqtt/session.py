@@ -52,6 +52,7 @@ class Session:
         self.pending: dict[str, asyncio.Future] = {}
         self.connected_at = ""
         self.taken_over = False  # another gateway replica has this station now
+        self._owned_transactions: dict[int, bool] = {}  # transaction id → this station's?
         self._handlers: dict[str, Callable[[dict, str], dict]] = {
             "Authorize": self._authorize,
             "BootNotification": self._boot_notification,
@@ -87,7 +88,7 @@ class Session:
                             throttled = True
                             log.warning("%s: over OCPP_RATE_LIMIT=%g msg/s; slowing it down",
                                         self.station, rate)
-                            self.gateway.counters["rate_limited"] += 1
+                            self.gateway.metrics.rate_limited.inc()
                         await asyncio.sleep((1 - tokens) / rate)
                         tokens, last = 1.0, loop.time()
                     else:
@@ -207,11 +208,32 @@ class Session:
         return {"currentTime": now}
 
     def _meter_values(self, p: dict, now: str) -> dict:
+        tx_id = p.get("transactionId")
+        if tx_id is not None and not self._owns_transaction(tx_id, "MeterValues"):
+            tx_id = None
         self._emit(ev.MeterReading(
             self.station, now, connector_id=p["connectorId"],
-            transaction_id=p.get("transactionId"), meter_value=p["meterValue"],
+            transaction_id=tx_id, meter_value=p["meterValue"],
         ))
         return {}
+
+    def _owns_transaction(self, tx_id: int, action: str) -> bool:
+        """False (logged, counted) for a transaction id another station was given."""
+        owned = self._owned_transactions.get(tx_id)
+        if owned is None:
+            owner = self.gateway.store.transaction_owner(tx_id)
+            owned = owner is None or owner == self.station  # unknown ids are the charger's
+            if len(self._owned_transactions) > 64:
+                self._owned_transactions.clear()
+            self._owned_transactions[tx_id] = owned
+        if not owned:
+            self._foreign_transaction(tx_id, action)
+        return owned
+
+    def _foreign_transaction(self, tx_id: int, action: str) -> None:
+        log.warning("%s: %s names transaction %s, which belongs to another station; "
+                    "ignoring the transaction id", self.station, action, tx_id)
+        self.gateway.metrics.foreign_transactions.inc()
 
     def _start_transaction(self, p: dict, now: str) -> dict:
         status = self.gateway.authorize(self.station, p["idTag"])
@@ -237,14 +259,21 @@ class Session:
     def _stop_transaction(self, p: dict, now: str) -> dict:
         tx_id = p["transactionId"]
         tx = self.gateway.store.stop_transaction(
-            tx_id, p["meterStop"], p["timestamp"], p.get("reason", "Local")
+            self.station, tx_id, p["meterStop"], p["timestamp"], p.get("reason", "Local")
         )
+        reading_tx: int | None = tx_id
         if tx is None:
-            log.warning("%s: StopTransaction for unknown transaction %s", self.station, tx_id)
+            if self.gateway.store.transaction_owner(tx_id) is not None:
+                # Answered as the spec asks, but nothing of the other station's changes.
+                self._foreign_transaction(tx_id, "StopTransaction")
+                reading_tx = None
+            else:
+                log.warning("%s: StopTransaction for unknown transaction %s", self.station,
+                            tx_id)
         connector_id = tx.connector_id if tx else None
         if p.get("transactionData"):
             self._emit(ev.MeterReading(
-                self.station, now, connector_id=connector_id or 0, transaction_id=tx_id,
+                self.station, now, connector_id=connector_id or 0, transaction_id=reading_tx,
                 meter_value=p["transactionData"],
             ))
         self._emit(ev.TransactionStopped(
@@ -253,5 +282,6 @@ class Session:
             reason=p.get("reason", "Local"), id_tag=p.get("idTag"), timestamp=p["timestamp"],
         ))
         if "idTag" in p:
-            return {"idTagInfo": {"status": "Accepted"}}
+            # StopTransaction.conf carries the tag's authorization, like Authorize.conf.
+            return {"idTagInfo": {"status": self.gateway.authorize(self.station, p["idTag"])}}
         return {}

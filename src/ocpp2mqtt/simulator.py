@@ -365,11 +365,12 @@ class SimulatedChargePoint(ChargePoint):
         await self.send(call.StatusNotification(
             connector_id=connector, error_code="NoError", status=status, timestamp=utc_now()))
 
-    async def send_meter_values(self, context: str = "Sample.Periodic") -> None:
+    async def send_meter_values(self, context: str = "Sample.Periodic",
+                                sample: dict | None = None) -> None:
         ch = self.ch
         tx_id = ch.tx.id if ch.tx else None
         await self.send(call.MeterValues(connector_id=1, transaction_id=tx_id,
-                                         meter_value=[ch.meter_value(context)]))
+                                         meter_value=[sample or ch.meter_value(context)]))
         ch.stats.meter_values += 1
 
     async def boot(self) -> None:
@@ -480,9 +481,12 @@ class SimulatedChargePoint(ChargePoint):
         assert tx is not None
         ch.integrate()
         ch.operate()
+        # A meter reads its register and its clock at one instant: take the sample now,
+        # not after the status round trip (under load that took 100s of ms at 11 kW).
+        sample = ch.meter_value()
         reported = ch.status
         await self.send_status(1)
-        await self.send_meter_values()
+        await self.send_meter_values(sample=sample)
         last_sample = time.monotonic()
         while tx.stop_reason is None:
             now = time.monotonic()
@@ -504,11 +508,13 @@ class SimulatedChargePoint(ChargePoint):
             ch.integrate()
             offered_before = ch.offered
             ch.operate()
+            due = time.monotonic() >= next_sample or ch.offered != offered_before
+            sample = ch.meter_value() if due else None  # periodic, or at once on a new limit
             if ch.status != reported:
                 reported = ch.status
                 await self.send_status(1)
-            if time.monotonic() >= next_sample or ch.offered != offered_before:
-                await self.send_meter_values()  # periodic, or at once on a new limit
+            if sample is not None:
+                await self.send_meter_values(sample=sample)
                 last_sample = time.monotonic()
         await self.stop_session()
 
@@ -882,7 +888,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:3000",
                         help="gateway URL without the station id (default %(default)s)")
     parser.add_argument("--stations", type=_positive(int), default=1,
-                        help="number of charge points (default %(default)s)")
+                        help="number of charge points (default %(default)s). For more than "
+                        "one, run the gateway with MQTT_USESTATIONNAME=true: otherwise all "
+                        "stations publish on the same topics and their values mix")
     parser.add_argument("--prefix", default="SIM",
                         help="station id prefix: SIM → SIM0001, SIM0002, … (default %(default)s)")
     parser.add_argument("--interval", type=_positive(float), default=10.0,

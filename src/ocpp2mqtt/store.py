@@ -77,23 +77,35 @@ class Store:
         return int(cur.lastrowid)
 
     def stop_transaction(
-        self, transaction_id: int, meter_stop: int, stopped_at: str, reason: str
+        self, station: str, transaction_id: int, meter_stop: int, stopped_at: str, reason: str
     ) -> Transaction | None:
-        """Close a transaction; returns it (with meter_start) or None if unknown."""
-        tx = self.transaction(transaction_id)
-        self._db.execute(
-            "UPDATE transactions SET meter_stop=?, stopped_at=?, reason=? WHERE id=?",
-            (meter_stop, stopped_at, reason, transaction_id),
-        )
+        """Close one of `station`'s transactions; returns it (with meter_start) or None.
+
+        A transaction belongs to the station that started it: another station's
+        StopTransaction with its id finds nothing and changes nothing.
+        """
+        tx = self.transaction(station, transaction_id)
+        if tx is not None:
+            self._db.execute(
+                "UPDATE transactions SET meter_stop=?, stopped_at=?, reason=? WHERE id=?",
+                (meter_stop, stopped_at, reason, transaction_id),
+            )
         return tx
 
-    def transaction(self, transaction_id: int) -> Transaction | None:
+    def transaction(self, station: str, transaction_id: int) -> Transaction | None:
         row = self._db.execute(
             "SELECT id, station, connector_id, id_tag, meter_start, started_at, meter_stop"
-            " FROM transactions WHERE id=?",
-            (transaction_id,),
+            " FROM transactions WHERE id=? AND station=?",
+            (transaction_id, station),
         ).fetchone()
         return Transaction(*row) if row else None
+
+    def transaction_owner(self, transaction_id: int) -> str | None:
+        """The station a transaction id was handed to, if any."""
+        row = self._db.execute(
+            "SELECT station FROM transactions WHERE id=?", (transaction_id,)
+        ).fetchone()
+        return row[0] if row else None
 
     def open_transactions(self, station: str) -> list[Transaction]:
         rows = self._db.execute(

@@ -18,6 +18,7 @@ class StateExtension:
         self.last_payloads: dict[str, str] | None = (
             None if gateway.settings.mqtt_publish_unchanged else {}
         )
+        self._was_connected = False
 
     def _view(self, event: ev.Event) -> mapping.StationView:
         view = self.views.get(event.station)
@@ -54,6 +55,9 @@ class StateExtension:
             publish(topic, payload, True)
 
     def on_mqtt_connected(self) -> None:
-        if self.last_payloads:
-            # The broker may have lost its retained messages: publish everything again.
+        # After a reconnect the broker may have lost its retained messages: publish every
+        # value again. Not on the first connect: what was queued before it is delivered
+        # now, and forgetting it would publish the next unchanged value twice.
+        if self.last_payloads and self._was_connected:
             self.last_payloads.clear()
+        self._was_connected = True
