@@ -63,7 +63,7 @@ def settings_factory(broker: Mosquitto, basepath: str, tmp_path):
 async def gateway(settings_factory) -> AsyncIterator[Gateway]:
     gw = Gateway(settings_factory())
     await gw.start()
-    assert await gw.link.wait_connected(10)
+    assert await gw.mqtt.wait_connected(10)
     yield gw
     await gw.stop()
 

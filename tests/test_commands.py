@@ -23,7 +23,7 @@ TS = "2026-11-25T10:00:00Z"
 async def command(gw: Gateway, recorder: MqttRecorder, prefix: str, doc: dict | bytes | str,
                   timeout: float = 10, retain: bool = False) -> dict:
     """Publish a command and wait for the cmd_result document carrying its id."""
-    await gw.link.wait_subscribed(f"{prefix}/cmd")
+    await gw.mqtt.wait_subscribed(f"{prefix}/cmd")
     if isinstance(doc, dict):
         doc = {"id": doc.get("id", uuid.uuid4().hex), **doc}
         cid = doc["id"]
@@ -311,7 +311,7 @@ async def test_mqtt5_response_topic_and_correlation(settings_factory, broker, ba
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = f"{basepath}/replies/me"
             props.CorrelationData = b"corr-42"
-            await gw.link.wait_subscribed(f"{basepath}/V5/cmd")
+            await gw.mqtt.wait_subscribed(f"{basepath}/V5/cmd")
             rec.publish(f"{basepath}/V5/cmd", orjson.dumps({"action": "clear_cache"}),
                         properties=props)
             reply = await rec.wait_for(f"{basepath}/replies/me")

@@ -211,7 +211,7 @@ async def test_reconnect_replaces_old_session(gateway, url, recorder, basepath):
         await asyncio.wait_for(first.ws.wait_closed(), 5)
         assert (await second.cp.call(call.Heartbeat())).current_time
         assert recorder.values(f"{basepath}/RE/state/connection_state")[-1] == "CONNECTED"
-        assert gateway.sessions["RE"].ws is not None
+        assert gateway.server.sessions["RE"].ws is not None
     finally:
         await first.close()
         await second.close()

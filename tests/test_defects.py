@@ -134,7 +134,7 @@ async def test_stop_transaction_authorizes_the_tag(settings_factory, recorder, b
 
             assert await stop("good") == "Accepted"
             assert await stop("evil") == "Invalid"
-            await gw.link.wait_subscribed(f"{basepath}/STAG/cmd")
+            await gw.mqtt.wait_subscribed(f"{basepath}/STAG/cmd")
             recorder.publish(f"{basepath}/STAG/cmd", orjson.dumps(
                 {"action": "charging_enabled", "args": {"enabled": False}}))
             await recorder.wait_for(f"{basepath}/STAG/state/charging_enabled", "false")
@@ -187,7 +187,7 @@ async def test_invalid_answers_are_errors_naming_the_field(gateway, url, recorde
                                                            answer, field):
     station = await raw_charger(url, "BADANS", lambda action, msg: f'[3, "{msg[1]}", {answer}]')
     try:
-        await gateway.link.wait_subscribed(f"{basepath}/BADANS/cmd")
+        await gateway.mqtt.wait_subscribed(f"{basepath}/BADANS/cmd")
         result = await command_result(recorder, f"{basepath}/BADANS",
                                       {"id": 1, "action": "reset", "args": {"type": "Hard"}})
         assert result["status"] == "error", result
@@ -201,7 +201,7 @@ async def test_valid_answers_are_still_ok(gateway, url, recorder, basepath):
     station = await raw_charger(url, "GOODANS",
                                 lambda action, msg: f'[3, "{msg[1]}", {{"status": "Accepted"}}]')
     try:
-        await gateway.link.wait_subscribed(f"{basepath}/GOODANS/cmd")
+        await gateway.mqtt.wait_subscribed(f"{basepath}/GOODANS/cmd")
         result = await command_result(recorder, f"{basepath}/GOODANS",
                                       {"id": 1, "action": "reset", "args": {"type": "Hard"}})
         assert (result["status"], result["response"]) == ("ok", {"status": "Accepted"})
@@ -217,7 +217,7 @@ def nested(depth: int) -> str:
 async def test_deeply_nested_command_gets_one_error_result(gateway, url, recorder, basepath):
     st = await connect_station(url, "DEEP")
     try:
-        await gateway.link.wait_subscribed(f"{basepath}/DEEP/cmd")
+        await gateway.mqtt.wait_subscribed(f"{basepath}/DEEP/cmd")
         raw = ('{"id": "deep", "action": "data_transfer", "args": {"vendor_id": "x", "data": '
                + nested(1000) + "}}")
         assert orjson.loads(raw)  # within the JSON parser's limit
@@ -240,7 +240,7 @@ async def test_deeply_nested_answer_gets_one_error_result(gateway, url, recorder
         url, "DEEPANS",
         lambda action, msg: f'[3, "{msg[1]}", {{"status": "Accepted", "data": {deep}}}]')
     try:
-        await gateway.link.wait_subscribed(f"{basepath}/DEEPANS/cmd")
+        await gateway.mqtt.wait_subscribed(f"{basepath}/DEEPANS/cmd")
         result = await command_result(recorder, f"{basepath}/DEEPANS",
                                       {"id": 7, "action": "data_transfer",
                                        "args": {"vendor_id": "x"}})

@@ -271,7 +271,7 @@ async def test_probes_and_ports_point_at_the_real_endpoints(settings_factory):
     # Every probed path answers 200 on a real gateway that is up and connected.
     settings = settings_factory(http_enabled=True, http_addr="127.0.0.1", http_port=0)
     async with Gateway(settings) as gw:
-        assert await gw.link.wait_connected(10)
+        assert await gw.mqtt.wait_connected(10)
         port = bound_port(gw.http_server)
         for probe in [*probes.values(), {"path": annotations["prometheus.io/path"]}]:
             assert await asyncio.to_thread(http_status, port, probe["path"]) == 200, probe

@@ -69,7 +69,7 @@ async def test_endpoints_and_metrics_with_connected_stations(settings_factory, r
                                                              basepath):
     settings = settings_factory(http_enabled=True, http_addr="127.0.0.1", http_port=0)
     async with Gateway(settings) as gw:
-        assert await gw.link.wait_connected(10)
+        assert await gw.mqtt.wait_connected(10)
         port = bound_port(gw.http_server)
         assert port != settings.http_port  # the kernel picked one
         url = f"ws://127.0.0.1:{gw.port}"
@@ -111,7 +111,7 @@ async def test_endpoints_and_metrics_with_connected_stations(settings_factory, r
             assert value(m, "ocpp2mqtt_ocpp_frame_errors_total", code=error_code) == 1
             assert value(m, "ocpp2mqtt_ocpp_handshake_rejections_total") == 1
             published = value(m, "ocpp2mqtt_mqtt_messages_published_total")
-            assert published is not None and 0 < published <= gw.link.published
+            assert published is not None and 0 < published <= gw.publisher.published
             depth = value(m, "ocpp2mqtt_mqtt_queue_depth")
             assert depth is not None and depth >= 0
             assert value(m, "ocpp2mqtt_mqtt_connected") == 1
@@ -176,10 +176,10 @@ async def test_readyz_follows_the_broker(settings_factory):
 async def test_readyz_needs_the_ocpp_listener(settings_factory):
     settings = settings_factory(http_enabled=True, http_addr="127.0.0.1", http_port=0)
     async with Gateway(settings) as gw:
-        assert await gw.link.wait_connected(10)
+        assert await gw.mqtt.wait_connected(10)
         port = bound_port(gw.http_server)
         assert (await http_get(port, "/readyz"))[0] == 200
-        gw._server.close(close_connections=False)  # the OCPP listener stops accepting
+        gw.server.stop_accepting()  # the OCPP listener stops accepting
         status, _, body = await http_get(port, "/readyz")
         assert status == 503 and "ocpp" in body and "mqtt" not in body
 

@@ -224,7 +224,7 @@ async def test_discovery_appears_with_data_and_controls_reach_the_charger(
             comps = doc["components"]
             assert doc["availability_mode"] == "all"
             assert {a["topic"] for a in doc["availability"]} == {
-                gw.bridge_topic, f"{prefix}/state/connection_state"}
+                gw.topics.bridge_state, f"{prefix}/state/connection_state"}
             assert comps["voltage_l2_n"]["state_topic"] == f"{prefix}/state/voltage/l2_n"
             energy = comps["energy_active_import_register"]
             assert (energy["device_class"], energy["state_class"],
@@ -232,7 +232,7 @@ async def test_discovery_appears_with_data_and_controls_reach_the_charger(
             assert comps["power_active_import"]["unit_of_measurement"] == "W"
             assert comps["current_import_l3"]["device_class"] == "current"
             assert comps["connection_state"]["device_class"] == "connectivity"
-            assert comps["connection_state"]["availability"] == [{"topic": gw.bridge_topic}]
+            assert comps["connection_state"]["availability"] == [{"topic": gw.topics.bridge_state}]
             assert comps["last_seen"]["device_class"] == "timestamp"
             for cid in ("status", "error_code", "transaction_id"):
                 assert cid in comps
@@ -240,7 +240,7 @@ async def test_discovery_appears_with_data_and_controls_reach_the_charger(
             assert comps["status"]["unique_id"] == "ocpp2mqtt_HA1_status"
 
             # Controls: publish exactly what Home Assistant would publish.
-            await gw.link.wait_subscribed(f"{prefix}/cmd")
+            await gw.mqtt.wait_subscribed(f"{prefix}/cmd")
             restart = comps["restart"]
             recorder.publish(restart["command_topic"], restart["payload_press"])
             assert (await st.cp.wait_call("Reset")).payload["type"] == "Soft"
@@ -309,7 +309,7 @@ async def test_readings_of_a_known_shape_do_not_republish_discovery(
 def gw_extension(gw: Gateway):
     from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
 
-    return next(e for e in gw.extensions if isinstance(e, HomeAssistantExtension))
+    return gw.extension(HomeAssistantExtension)
 
 
 async def test_home_assistant_birth_republishes_discovery(settings_factory, recorder, basepath):
@@ -321,7 +321,7 @@ async def test_home_assistant_birth_republishes_discovery(settings_factory, reco
             await boot(st)
             first = await wait_json(recorder, topic, lambda d: "restart" in d["components"])
             count = len(recorder.values(topic))
-            await gw.link.wait_subscribed(f"{dp}/status")
+            await gw.mqtt.wait_subscribed(f"{dp}/status")
             recorder.publish(f"{dp}/status", "offline")
             recorder.publish(f"{dp}/status", "online")
             values = await recorder.wait_count(topic, count + 1)
@@ -341,7 +341,7 @@ async def test_remove_station(settings_factory, recorder, basepath, broker):
         try:
             await boot(st)
             doc = await wait_json(recorder, topic, lambda d: "restart" in d["components"])
-            await gw.link.wait_subscribed(request)
+            await gw.mqtt.wait_subscribed(gw.topics.bridge_requests)
             recorder.publish(request, orjson.dumps({"station": "RM1", "id": "r-1"}))
             answer = await wait_json(recorder, response, lambda d: d["id"] == "r-1")
             assert answer["status"] == "ok" and answer["error"] is None
@@ -441,7 +441,7 @@ async def test_two_connectors_get_entities_and_controls_each(
                 assert cid in comps, cid
             assert comps["charging_2"]["state_topic"] == f"{prefix}/state/connector/2/status"
             assert comps["unlock_2"]["name"] == "Connector 2 Unlock"
-            await gw.link.wait_subscribed(f"{prefix}/cmd")
+            await gw.mqtt.wait_subscribed(f"{prefix}/cmd")
             recorder.publish(comps["unlock_2"]["command_topic"], comps["unlock_2"]["payload_press"])
             assert (await st.cp.wait_call("UnlockConnector")).payload["connector_id"] == 2
         finally:
@@ -542,7 +542,7 @@ async def test_retained_bridge_request_runs_once_and_is_cleared(settings_factory
     request = f"{basepath}/bridge/request/remove_station"
     response = f"{basepath}/bridge/response/remove_station"
     async with ha_gateway(settings_factory, basepath) as gw:
-        await gw.link.wait_subscribed(request)
+        await gw.mqtt.wait_subscribed(gw.topics.bridge_requests)
         recorder.publish(request, orjson.dumps({"station": "NOPE", "id": "ret-1"}), retain=True)
         answer = orjson.loads(await recorder.wait_for(response))
         assert answer["id"] == "ret-1"

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ocpp.v16 import call
 
-from ocpp2mqtt import protocol
 from ocpp2mqtt.gateway import Gateway
+from ocpp2mqtt.ocpp import protocol
 from tests.helpers import connect_station
 
 CASES = [

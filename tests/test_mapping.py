@@ -1,6 +1,7 @@
-"""Issue 9: `mapping.normalise` / `mapping.sample_messages` over every OCPP 1.6 measurand,
-unit and phase (table-driven), plus the value shapes real chargers send (see
-docs/chargers.md for the sources). Pure: no broker, no sockets.
+"""Issue 9: sampled values → readings (`ocpp/meter.py`) → state (`state.py`) → per-key
+topics (`extensions/state_topics.py`) over every OCPP 1.6 measurand, unit and phase
+(table-driven), plus the value shapes real chargers send (see docs/chargers.md for the
+sources). Pure: no broker, no sockets.
 """
 
 from __future__ import annotations
@@ -9,8 +10,27 @@ import pytest
 from ocpp.v16.enums import Measurand, Phase, UnitOfMeasure
 
 from ocpp2mqtt import events as ev
-from ocpp2mqtt import mapping
-from ocpp2mqtt.mapping import normalise, sample_messages
+from ocpp2mqtt.extensions import state_topics
+from ocpp2mqtt.ocpp import meter
+from ocpp2mqtt.ocpp.meter import normalise
+from ocpp2mqtt.state import StationState, apply
+
+AT = "2026-11-25T10:00:00Z"
+
+
+def event_messages(event: ev.Event) -> list[tuple[str, str]]:
+    """(sub-topic, payload) a fresh station publishes for `event`."""
+    state = StationState(event.station)
+    return [(topic, payload) for topic, payload, _ in
+            state_topics.render(state, apply(state, event).changes)]
+
+
+def sample_messages(sampled: list, base: str = "state") -> tuple[list, list]:
+    """The per-key messages of one meterValue entry (without last_seen), and its readings."""
+    samples = meter.samples([{"sampledValue": sampled}])
+    messages = event_messages(ev.MeterReading("cp", AT, connector_id=1, samples=samples))
+    assert messages[-1] == ("state/last_seen", AT)
+    return messages[:-1], samples[0].readings
 
 MEASURANDS = [m.value for m in Measurand]
 PHASES = [p.value for p in Phase]
@@ -281,18 +301,18 @@ def test_one_sampled_value_per_entry_aggregates_across_entries():
         {"value": v, "measurand": "Current.Import", "phase": p, "unit": "A"}]}
         for v, p in (("16.1", "L1"), ("15.9", "L2"), ("6.2", "L3"))]
     event = ev.MeterReading("HKW.WB07", "2026-11-25T10:00:00Z", connector_id=1,
-                            transaction_id=0, meter_value=entries)
-    messages = mapping.event_messages(event, mapping.StationView())
+                            transaction_id="0", samples=meter.samples(entries))
+    messages = event_messages(event)
     plain = [p for t, p in messages if t == "state/current_import"]
     assert plain and plain[-1] == "16.1", messages
 
 
 def test_charger_clock_goes_to_meter_timestamp_gateway_clock_to_last_seen():
     """A 1970 timestamp (MicroOcpp #311, #354) is published as the charger's, never as ours."""
-    event = ev.MeterReading("cp", "2026-11-25T10:00:00Z", connector_id=1, meter_value=[
+    event = ev.MeterReading("cp", "2026-11-25T10:00:00Z", connector_id=1, samples=meter.samples([
         {"timestamp": "1970-01-01T00:00:12.500Z",
-         "sampledValue": [{"value": "1234", "measurand": "Energy.Active.Import.Register"}]}])
-    messages = dict(mapping.event_messages(event, mapping.StationView()))
+         "sampledValue": [{"value": "1234", "measurand": "Energy.Active.Import.Register"}]}]))
+    messages = dict(event_messages(event))
     assert messages["state/meter_timestamp"] == "1970-01-01T00:00:12.500Z"
     assert messages["state/last_seen"] == "2026-11-25T10:00:00Z"
     assert messages["state/energy_active_import_register"] == "1234"

@@ -93,7 +93,7 @@ async def replay(fixture: dict, settings_factory, recorder, basepath: str) -> tu
     gw = Gateway(settings_factory(**fixture.get("settings", {})))
     await gw.start()
     try:
-        assert await gw.link.wait_connected(10)
+        assert await gw.mqtt.wait_connected(10)
         prefix = f"{basepath}/{fixture['station']}"
         ws = await connect(gw.port, fixture["handshake"])
         offered = fixture["handshake"].get("subprotocols") or []

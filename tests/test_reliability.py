@@ -18,7 +18,8 @@ import websockets
 from ocpp.v16 import call
 
 from ocpp2mqtt.gateway import Gateway
-from ocpp2mqtt.outbox import Outbox, is_essential
+from ocpp2mqtt.mqtt.outbox import Outbox
+from ocpp2mqtt.state import Key, is_essential
 from tests.conftest import make_settings
 from tests.helpers import Mosquitto, MqttRecorder, connect_station, free_port
 
@@ -47,7 +48,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
     rec = MqttRecorder(own_broker.port, f"{basepath}/#", client_id=f"rec-{uuid.uuid4().hex}")
     try:
         async with Gateway(settings) as gw:
-            await gw.link.wait_connected(10)
+            await gw.mqtt.wait_connected(10)
             st = await connect_station(f"ws://127.0.0.1:{gw.port}", "OUT")
             try:
                 sent = []
@@ -60,7 +61,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
                 for wh in range(1020, 1060):
                     await st.cp.call(call.MeterValues(connector_id=1, meter_value=reading(wh)))
                     sent.append(str(wh))
-                assert gw.link.queue_depth() > 0
+                assert gw.publisher.queue_depth() > 0
                 own_broker.start()
                 await rec.wait_for(energy, sent[-1], timeout=30)  # the last one, after all
             finally:
@@ -193,13 +194,13 @@ def test_outbox_bound_drops_oldest_non_essential_only(tmp_path):
 
 
 def test_essential_topics():
-    assert is_essential("a/CP/state/energy_active_import_register")
-    assert is_essential("a/CP/state/connector/2/energy_active_import_register/l1")
-    assert is_essential("a/CP/state/meter_stop")
-    assert is_essential("a/CP/state/transaction_id")
-    assert is_essential("a/CP/cmd_result")
-    assert not is_essential("a/CP/state/voltage/l1_n")
-    assert not is_essential("a/CP/state/last_seen")
+    assert is_essential(Key("energy_active_import_register"))
+    assert is_essential(Key("energy_active_import_register", "l1", 2))
+    assert is_essential(Key("meter_stop"))
+    assert is_essential(Key("transaction_id"))
+    assert not is_essential(Key("voltage", "l1_n"))
+    assert not is_essential(Key("last_seen"))
+    # command results: see tests/test_architecture.py (the runner marks them essential)
 
 
 async def test_dead_connection_is_marked_disconnected(settings_factory, recorder, basepath):

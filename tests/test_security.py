@@ -106,7 +106,7 @@ async def test_mqtt_over_tls(tmp_path, basepath):
         rec = MqttRecorder(mosq.port, f"{basepath}/#", ca_certs=str(cert))
         try:
             async with Gateway(settings) as gw:
-                assert await gw.link.wait_connected(10)
+                assert await gw.mqtt.wait_connected(10)
                 st = await connect_station(f"ws://127.0.0.1:{gw.port}", "SEC")
                 await st.cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
                                                          status="Available"))
@@ -122,13 +122,13 @@ def test_mqtt_tls_verifies_by_default(tmp_path):
     # verification stays on unless MQTT_TLS_INSECURE=true
     cert, _ = make_cert(tmp_path)
     settings = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True)
-    from ocpp2mqtt.mqtt import MqttLink
+    from ocpp2mqtt.mqtt.transport import MqttTransport
 
-    ctx = MqttLink._tls_context(type("L", (), {"settings": settings})())
+    ctx = MqttTransport(settings, "c", "w")._tls_context()
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     insecure = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True, mqtt_tls_insecure=True,
                              mqtt_tls_ca_file=str(cert))
-    ctx = MqttLink._tls_context(type("L", (), {"settings": insecure})())
+    ctx = MqttTransport(insecure, "c", "w")._tls_context()
     assert ctx.verify_mode == ssl.CERT_NONE
 
 
@@ -172,13 +172,13 @@ async def test_mqtt_username_and_password(tmp_path, basepath, caplog):
                               mqtt_password="nope", http_enabled=False,
                               homeassistant_discovery=False)
         async with Gateway(wrong) as gw:
-            assert not await gw.link.wait_connected(2)  # refused: never connected
+            assert not await gw.mqtt.wait_connected(2)  # refused: never connected
         assert "nope" not in caplog.text
         right = make_settings(port, basepath, tmp_path / "d2", mqtt_username="gw",
                               mqtt_password="mqtt-secret", http_enabled=False,
                               homeassistant_discovery=False)
         async with Gateway(right) as gw:
-            assert await gw.link.wait_connected(10)
+            assert await gw.mqtt.wait_connected(10)
         assert "mqtt-secret" not in caplog.text
     finally:
         proc.terminate()

@@ -28,7 +28,7 @@ async def test_mqtt_transport(transport, tmp_path, basepath):
                                  homeassistant_discovery=False, mqtt_transport=transport,
                                  **overrides)
         async with Gateway(settings) as gw:
-            assert await gw.link.wait_connected(10)
+            assert await gw.mqtt.wait_connected(10)
             st = await connect_station(f"ws://127.0.0.1:{gw.port}", "TR")
             try:
                 await st.cp.call(call.StatusNotification(connector_id=1, error_code="NoError",

@@ -19,7 +19,7 @@ import orjson
 from ocpp import exceptions as ocpp_errors
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 
-from ocpp2mqtt import protocol
+from ocpp2mqtt.ocpp import protocol
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -47,6 +47,9 @@ OK_STATUSES = frozenset(
 
 class CommandError(Exception):
     """The command cannot be sent; the message says what to fix."""
+
+    command_id: Any = None
+    action: str | None = None
 
 
 @dataclass(slots=True)
@@ -88,8 +91,8 @@ class Plan:
 
 def _error(message: str, command_id: Any = None, action: str | None = None) -> CommandError:
     exc = CommandError(message)
-    exc.command_id = command_id  # type: ignore[attr-defined]
-    exc.action = action  # type: ignore[attr-defined]
+    exc.command_id = command_id
+    exc.action = action
     return exc
 
 
@@ -178,8 +181,8 @@ def plan(raw: bytes, facts: StationFacts) -> Plan:
             _schema_check(result.ocpp_action, result.payload)
         return result
     except CommandError as exc:
-        exc.command_id = command_id  # type: ignore[attr-defined]
-        exc.action = name  # type: ignore[attr-defined]
+        exc.command_id = command_id
+        exc.action = name
         raise
 
 

@@ -1,13 +1,50 @@
-"""What happens at a charge point, as plain data.
+"""What happens at a charge point, as typed, version-neutral data.
 
-Sessions emit these; extensions (state topics, Home Assistant discovery,
-metrics) read them. Nothing here does I/O.
+The protocol edge (`ocpp/v16.py`, later 2.0.1) turns wire payloads into these;
+`state.py` reduces them into one typed state per station; extensions read both.
+Readings are numbers in published units, transaction ids are strings, whatever
+OCPP version the charger speaks. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(slots=True)
+class Reading:
+    """One sampled value, normalised: `value` in `unit` (kW → W, kWh → Wh, …)."""
+
+    key: str  # the measurand in snake_case: "energy_active_import_register", "soc"
+    measurand: str  # as OCPP names it: "Energy.Active.Import.Register"
+    phase: str | None  # "l1", "l1_n", "n", … or None
+    value: float | str  # str only for signed meter data (`signed`)
+    unit: str | None
+    context: str | None = None
+    location: str | None = None
+    signed: bool = False
+
+
+@dataclass(slots=True)
+class Sample:
+    """The readings of one instant (one meterValue entry, or several with one timestamp)."""
+
+    timestamp: str | None  # the charger's clock, as sent
+    readings: list[Reading] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BootInfo:
+    vendor: str = ""
+    model: str = ""
+    firmware_version: str | None = None
+    charge_point_serial_number: str | None = None
+    charge_box_serial_number: str | None = None
+    meter_type: str | None = None
+    meter_serial_number: str | None = None
+    iccid: str | None = None
+    imsi: str | None = None
 
 
 @dataclass(slots=True)
@@ -30,7 +67,7 @@ class Disconnected(Event):
 
 @dataclass(slots=True)
 class Booted(Event):
-    payload: dict = field(default_factory=dict)
+    info: BootInfo = field(default_factory=BootInfo)
 
 
 @dataclass(slots=True)
@@ -52,26 +89,24 @@ class StatusChanged(Event):
 @dataclass(slots=True)
 class MeterReading(Event):
     connector_id: int = 0
-    transaction_id: int | None = None
-    meter_value: list = field(default_factory=list)
-    # mapping.meter_samples() memoises its work here, so extensions share it
-    samples: list | None = None
+    transaction_id: str | None = None
+    samples: list[Sample] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class TransactionStarted(Event):
     connector_id: int = 0
-    transaction_id: int = 0
+    transaction_id: str = ""
     id_tag: str = ""
-    meter_start: int = 0
+    meter_start: int = 0  # Wh
     timestamp: str = ""
     accepted: bool = True
 
 
 @dataclass(slots=True)
 class TransactionStopped(Event):
-    transaction_id: int = 0
-    connector_id: int | None = None
+    transaction_id: str = ""
+    connector_id: int | None = None  # None: a transaction this gateway does not know
     meter_start: int | None = None
     meter_stop: int = 0
     reason: str = "Local"
@@ -103,13 +138,3 @@ class NotificationReceived(Event):
 @dataclass(slots=True)
 class ChargingEnabledChanged(Event):
     enabled: bool = True
-
-
-@dataclass(slots=True)
-class CommandFinished(Event):
-    """One command's outcome; `document` is the JSON result published."""
-
-    document: dict = field(default_factory=dict)
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    retained_cleared: bool = False

@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from ocpp2mqtt import __version__
-from ocpp2mqtt.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from ocpp2mqtt.gateway import Gateway
+from ocpp2mqtt.config import Settings
+from ocpp2mqtt.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("ocpp2mqtt.health")
 
@@ -49,49 +47,6 @@ def bound_port(server: asyncio.AbstractServer) -> int:
     return sockets[0].getsockname()[1]
 
 
-def ocpp_listening(gateway: Gateway) -> bool:
-    return gateway.listening
-
-
-def readiness(gateway: Gateway) -> tuple[bool, str]:
-    problems = []
-    if not gateway.link.connected.is_set():
-        problems.append("mqtt: not connected to the broker")
-    if not ocpp_listening(gateway):
-        problems.append("ocpp: server not listening")
-    if problems:
-        return False, "\n".join(problems) + "\n"
-    return True, "ready\n"
-
-
-def live_metrics(gateway: Gateway):
-    """The values /metrics reads from the gateway at every scrape."""
-    link = gateway.link
-    yield ("gauge", "ocpp2mqtt_uptime_seconds", "Seconds since the gateway started.",
-           round(gateway.metrics.uptime(), 3))
-    yield ("gauge", "ocpp2mqtt_ready", "1 when /readyz answers 200.",
-           1 if readiness(gateway)[0] else 0)
-    yield ("gauge", "ocpp2mqtt_connected_stations",
-           "Charge points connected over OCPP right now.", len(gateway.sessions))
-    yield ("gauge", "ocpp2mqtt_mqtt_connected", "1 while connected to the MQTT broker.",
-           1 if link.connected.is_set() else 0)
-    yield ("gauge", "ocpp2mqtt_mqtt_queue_depth",
-           "MQTT messages queued or in flight, not yet acknowledged by the broker.",
-           link.queue_depth())
-    yield ("counter", "ocpp2mqtt_mqtt_messages_published",
-           "MQTT messages handed to the client for publishing.", link.published)
-    yield ("counter", "ocpp2mqtt_mqtt_publish_failures",
-           "MQTT messages the client refused, or outbox writes that failed.",
-           link.publish_failures)
-    yield ("counter", "ocpp2mqtt_outbox_dropped_messages",
-           "Non-essential messages dropped because the outbox was over OUTBOX_MAX_BYTES.",
-           link.outbox.dropped_messages)
-    yield ("gauge", "ocpp2mqtt_shared_topic_stations",
-           "Connected stations publishing on one shared set of topics "
-           "(MQTT_USESTATIONNAME=false); more than 1 mixes their values.",
-           gateway.shared_topic_stations())
-
-
 # --- HTTP -------------------------------------------------------------------------------
 def _response(status: int, body: str, content_type: str = _TEXT, head: bool = False,
               extra: str = "") -> bytes:
@@ -112,7 +67,10 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def _route(gateway: Gateway, method: str, target: str) -> bytes:
+Readiness = Callable[[], tuple[bool, str]]  # → (ready, text saying what is missing)
+
+
+def _route(ready: Readiness, metrics: Metrics, method: str, target: str) -> bytes:
     head = method == "HEAD"
     path = target.split("?", 1)[0]
     if path not in ("/healthz", "/readyz", "/metrics"):
@@ -123,12 +81,12 @@ def _route(gateway: Gateway, method: str, target: str) -> bytes:
     if path == "/healthz":
         return _response(200, "ok\n", head=head)
     if path == "/readyz":
-        ready, text = readiness(gateway)
-        return _response(200 if ready else 503, text, head=head)
-    return _response(200, gateway.metrics.render().decode(), CONTENT_TYPE, head=head)
+        ok, text = ready()
+        return _response(200 if ok else 503, text, head=head)
+    return _response(200, metrics.render().decode(), CONTENT_TYPE, head=head)
 
 
-def _handler(gateway: Gateway):
+def _handler(ready: Readiness, metrics: Metrics):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
@@ -147,7 +105,7 @@ def _handler(gateway: Gateway):
                 writer.write(_response(400, "bad request\n"))
                 return
             method, target, _ = parts
-            writer.write(_route(gateway, method, target))
+            writer.write(_route(ready, metrics, method, target))
         except Exception:
             log.exception("health endpoint failed")
         finally:
@@ -160,17 +118,17 @@ def _handler(gateway: Gateway):
     return handle
 
 
-async def start_http(gateway: Gateway) -> asyncio.AbstractServer | None:
+async def start_http(s: Settings, ready: Readiness,
+                     metrics: Metrics) -> asyncio.AbstractServer | None:
     """Start /healthz, /readyz, /metrics on HTTP_ADDR:HTTP_PORT; None when disabled."""
-    s = gateway.settings
     if not s.http_enabled:
         return None
     server = await asyncio.start_server(
-        _handler(gateway), s.http_addr, s.http_port, limit=MAX_HEAD
+        _handler(ready, metrics), s.http_addr, s.http_port, limit=MAX_HEAD
     )
     log.info("health and metrics on http://%s:%s (/healthz /readyz /metrics)",
              s.http_addr, bound_port(server))
     return server
 
 
-__all__ = ["bound_port", "live_metrics", "readiness", "start_http"]
+__all__ = ["bound_port", "start_http"]

@@ -74,6 +74,10 @@ class Metrics:
         self.commands = Counter(
             "ocpp2mqtt_commands", "MQTT commands executed, by result status.", ["status"],
             registry=r)
+        self.extension_errors = Counter(
+            "ocpp2mqtt_extension_errors", "Exceptions raised by an extension (or an MQTT "
+            "handler), caught before they reached a charger or another extension.",
+            ["extension"], registry=r)
         self._received: dict[str, Counter] = {}
 
     def message_received(self, action: str) -> None:

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS transactions (
 );
 CREATE INDEX IF NOT EXISTS transactions_open ON transactions (station, connector_id)
     WHERE meter_stop IS NULL;
+CREATE INDEX IF NOT EXISTS transactions_started ON transactions (station, started_at);
 CREATE TABLE IF NOT EXISTS station_flags (
     station TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (station, key)
@@ -69,6 +70,15 @@ class Store:
     def start_transaction(
         self, station: str, connector_id: int, id_tag: str, meter_start: int, started_at: str
     ) -> int:
+        """A new transaction id — or, for a retried StartTransaction (same station,
+        connector, tag, meter start and timestamp), the id it was given the first time."""
+        row = self._db.execute(
+            "SELECT id FROM transactions WHERE station=? AND started_at=? AND connector_id=?"
+            " AND id_tag=? AND meter_start=? ORDER BY id DESC LIMIT 1",
+            (station, started_at, connector_id, id_tag, meter_start),
+        ).fetchone()
+        if row:
+            return int(row[0])
         cur = self._db.execute(
             "INSERT INTO transactions (station, connector_id, id_tag, meter_start, started_at)"
             " VALUES (?, ?, ?, ?, ?)",

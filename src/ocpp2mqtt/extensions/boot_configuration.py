@@ -10,54 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import orjson
 
 from ocpp2mqtt import events as ev
-
-if TYPE_CHECKING:
-    from ocpp2mqtt.gateway import Gateway
+from ocpp2mqtt.extensions import BaseExtension
+from ocpp2mqtt.state import StateUpdate, StationState
 
 log = logging.getLogger("ocpp2mqtt.boot_configuration")
 
 
-class BootConfigurationExtension:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+class BootConfigurationExtension(BaseExtension):
+    name = "boot_configuration"
 
-    def handle(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Booted):
-            settings = self.gateway.settings
+    def on_event(self, event: ev.Event, state: StationState, update: StateUpdate) -> None:
+        if type(event) is ev.Booted:
+            settings = self.ctx.settings
             if settings.boot_configuration(event.station) or settings.ocpp_boot_get_configuration:
-                self.gateway.spawn(self.configure(event.station))
-
-    def on_mqtt_connected(self) -> None:
-        pass
+                self.ctx.spawn(self.configure(event.station))
 
     async def configure(self, station: str) -> None:
         await asyncio.sleep(0)  # let the BootNotification answer go out first
-        gw = self.gateway
-        prefix = gw.prefix(station)
-        for key, value in gw.settings.boot_configuration(station).items():
+        ctx, topics = self.ctx, self.ctx.topics
+        for key, value in ctx.settings.boot_configuration(station).items():
             try:
-                answer = await gw.call_station(
-                    station, "ChangeConfiguration", {"key": key, "value": value}
-                )
+                answer = await ctx.call(station, "ChangeConfiguration",
+                                        {"key": key, "value": value})
                 status = answer.get("status", "?") if isinstance(answer, dict) else "?"
-            except Exception as exc:  # NotConnected, CallErrorReceived, timeout: all reported
+            except Exception as exc:  # not connected, CALLERROR, timeout, bad answer: reported
                 status = f"error: {exc}"
             level = logging.INFO if status == "Accepted" else logging.WARNING
             log.log(level, "%s: ChangeConfiguration %s=%s → %s", station, key, value, status)
-            gw.link.publish(
-                f"{prefix}/config_result/{key}",
-                orjson.dumps({"value": value, "status": status}),
-                retain=True,
-            )
-        if not gw.settings.ocpp_boot_get_configuration:
+            ctx.publish(topics.config_result(station, key),
+                        orjson.dumps({"value": value, "status": status}))
+        if not ctx.settings.ocpp_boot_get_configuration:
             return
         try:
-            answer = await gw.call_station(station, "GetConfiguration", {})
+            answer = await ctx.call(station, "GetConfiguration", {})
         except Exception as exc:
             log.warning("%s: GetConfiguration failed: %s", station, exc)
             return
@@ -65,7 +54,7 @@ class BootConfigurationExtension:
             key = str(item.get("key", ""))
             if not key or any(ch in key for ch in "/+#"):
                 continue
-            gw.link.publish(f"{prefix}/config/{key}", str(item.get("value", "")), retain=True)
+            ctx.publish(topics.config(station, key), str(item.get("value", "")))
         unknown = answer.get("unknownKey") if isinstance(answer, dict) else None
         if unknown:
             log.info("%s: charger does not know configuration keys %s", station, unknown)

@@ -14,12 +14,13 @@ ordinary `<prefix>/cmd` command topic with ordinary command JSON, so nothing
 here is Home-Assistant-only.
 
 What is discovered is table-driven (STATE_ENTITIES, MEASURAND_NAMES /
-UNIT_CLASSES, CONTROLS) and only what has been reported: a state topic gets
-its entity the first time the gateway publishes it (`voltage/l2_n` appears
+UNIT_CLASSES, CONTROLS) and only what has been reported: a state key gets
+its entity the first time the station's state writes it (`voltage/l2_n` appears
 with the first L2-N voltage), controls appear after the BootNotification.
-Discovery is recomputed only when something new appears; a MeterValues frame
-whose shape (measurands, phases, units) was seen before costs one tuple build
-and a set lookup.
+Units and device fields come from the typed station state. Discovery is
+recomputed only when the state says something new appeared (a key, phase,
+unit, connector or boot information); a MeterValues frame of a known shape
+costs a set lookup per value.
 
 The set of entities only grows: a device-based discovery update that omits a
 component deletes it in Home Assistant. After a gateway restart the retained
@@ -30,11 +31,11 @@ and merged, so a restart never shrinks a station's entities.
 Also handled:
 - `<discovery_prefix>/status` = `online` (Home Assistant's birth message):
   every station's document is published again;
-- `<basepath>/bridge/request/remove_station` with `{"station": "...", "id": ...}`
-  (or the bare station id): the station's document is replaced by an empty
-  retained message, which removes the device and all its entities; the
-  answer goes to `<basepath>/bridge/response/remove_station`. The station is
-  discovered again the next time it connects.
+- the bridge request `remove_station` (`<basepath>/bridge/request/remove_station`
+  with `{"station": "...", "id": ...}` or the bare station id, see
+  extensions/bridge.py): the station's document is replaced by an empty
+  retained message, which removes the device and all its entities. The station
+  is discovered again the next time it connects.
 """
 
 from __future__ import annotations
@@ -45,21 +46,21 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus
 
-from ocpp2mqtt import __version__, mapping
+from ocpp2mqtt import __version__
 from ocpp2mqtt import events as ev
-from ocpp2mqtt.extensions.state_document import ConnectorTopics
-
-if TYPE_CHECKING:
-    from ocpp2mqtt.gateway import Gateway
+from ocpp2mqtt.extensions import BaseExtension, BridgeResponse, Context
+from ocpp2mqtt.mqtt.transport import Incoming
+from ocpp2mqtt.ocpp.meter import MEASURANDS_BY_KEY
+from ocpp2mqtt.state import Key, StateUpdate, StationState
+from ocpp2mqtt.topics import NODE_ID, state_subtopic
 
 log = logging.getLogger("ocpp2mqtt.homeassistant")
 
-NODE_ID = "ocpp2mqtt"  # the <node_id> level of our discovery topics
 ORIGIN = {"name": "ocpp2mqtt", "sw_version": __version__}
 SYNC_TIMEOUT = 5.0  # give up waiting for our own marker (e.g. an ACL forbids it)
 MAX_CURRENT = 32  # upper end of the current-limit number (A); CURRENT_LIMIT_MAX overrides
@@ -111,7 +112,7 @@ STATE_ENTITIES: tuple[StateEntity, ...] = (
 )
 _STATE_BY_KEY = {e.key: e for e in STATE_ENTITIES}
 
-# Meter readings: every OCPP measurand (mapping.MEASURAND_KEYS) gets a sensor;
+# Meter readings: every OCPP measurand (ocpp/meter.py) gets a sensor;
 # these get friendlier names than the measurand's own.
 MEASURAND_NAMES = {
     "energy_active_import_register": "Energy",
@@ -123,7 +124,7 @@ MEASURAND_NAMES = {
     "power_offered": "Power offered",
     "rpm": "RPM",
 }
-# Published unit (mapping normalises k-units away) → (HA unit, device_class, state_class).
+# Published unit (ocpp/meter.py normalises k-units away) → (HA unit, device_class, state_class).
 UNIT_CLASSES: dict[str | None, tuple[str | None, str | None, str | None]] = {
     "W": ("W", "power", "measurement"),
     "Wh": ("Wh", "energy", "total_increasing"),
@@ -139,7 +140,6 @@ UNIT_CLASSES: dict[str | None, tuple[str | None, str | None, str | None]] = {
     "Percent": ("%", None, "measurement"),
     None: (None, None, "measurement"),
 }
-_MEASURAND_BY_KEY = {key: name for name, key in mapping.MEASURAND_KEYS.items()}
 
 CHARGING_STATES = ("Charging", "SuspendedEV", "SuspendedEVSE")  # the switch shows ON
 
@@ -200,9 +200,7 @@ def _phase_label(phase: str) -> str:
 class _Station:
     name: str
     slug: str
-    seen: set[str] = field(default_factory=set)  # published state subtopics
-    shapes: set[tuple] = field(default_factory=set)  # MeterValues shapes already looked at
-    units: dict[str, str | None] = field(default_factory=dict)  # measurand key[/phase] → unit
+    seen: set[Key] = field(default_factory=set)  # shown state keys written since discovery
     connectors: set[int] = field(default_factory=set)
     boot: dict[str, str] = field(default_factory=dict)  # device fields from BootNotification
     booted: bool = False
@@ -218,7 +216,7 @@ class _Station:
 
     def reset(self) -> None:
         """Forget what was discovered (remove_station); keep what the broker holds."""
-        self.seen, self.shapes, self.units, self.connectors = set(), set(), {}, set()
+        self.seen, self.connectors = set(), set()
         self.boot, self.booted, self.removed = {}, False, False
         self.recovered, self.recovered_device = {}, {}
 
@@ -226,22 +224,27 @@ class _Station:
         return not (self.seen or self.booted or self.recovered)
 
 
-class HomeAssistantExtension:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        s = gateway.settings
-        self.discovery_prefix = s.homeassistant_discovery_prefix.strip("/") or "homeassistant"
-        self.status_topic = f"{self.discovery_prefix}/status"
-        self.config_prefix = f"{self.discovery_prefix}/device/{NODE_ID}/"
-        bridge = gateway.bridge_topic.rsplit("/", 1)[0]  # "<basepath>/bridge"
-        self.remove_topic = f"{bridge}/request/remove_station"
-        self.remove_response_topic = f"{bridge}/response/remove_station"
-        self.sync_topic = f"{bridge}/discovery_sync"
+def _device_fields(info: ev.BootInfo) -> dict[str, str]:
+    fields = {
+        "manufacturer": info.vendor,
+        "model": info.model,
+        "sw_version": info.firmware_version,
+        "serial_number": info.charge_point_serial_number or info.charge_box_serial_number,
+    }
+    return {k: str(v) for k, v in fields.items() if v}
+
+
+def _component_id(key: Key) -> str:
+    return state_subtopic(key)[len("state/"):].replace("/", "_")
+
+
+class HomeAssistantExtension(BaseExtension):
+    name = "homeassistant"
+
+    def __init__(self) -> None:
         self.stations: dict[str, _Station] = {}
         self.by_slug: dict[str, _Station] = {}
         self.retained: dict[str, str] = {}  # slug → document of a station not seen yet
-        self.connector_topics = ConnectorTopics(s.connector_topics)
-        self._views = (mapping.StationView(False), mapping.StationView(True))
         self.ready = False  # our retained documents have been read back
         self._sync_token: str | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -250,93 +253,48 @@ class HomeAssistantExtension:
         self._scheduled = False
         self.published = 0
 
-    # --- topics ----------------------------------------------------------------
-    def subscriptions(self) -> list[str]:
-        return [self.status_topic, f"{self.config_prefix}+/config", self.sync_topic,
-                self.remove_topic]
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        t = ctx.topics
+        ctx.subscribe(t.discovery_status, self._on_status)
+        ctx.subscribe(t.discovery_configs, self._on_document)
+        ctx.subscribe(t.discovery_sync, self._on_sync)
+        ctx.handle_request("remove_station", self._remove_station)
+
+    async def stop(self) -> None:
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
 
     def config_topic(self, station: str) -> str:
-        return f"{self.config_prefix}{station_slug(station)}/config"
+        return self.ctx.topics.discovery_config(station_slug(station))
 
     # --- events (hot path) ---------------------------------------------------------
-    def handle(self, event: ev.Event) -> None:
+    def on_event(self, event: ev.Event, state: StationState, update: StateUpdate) -> None:
         st = self.stations.get(event.station)
         if st is None:
             st = self._station(event.station)
-        per_connector = self.connector_topics.update(event)
         if st.removed:
             if type(event) is not ev.Connected:
                 return
             st.reset()  # removed by request, connected again: discover it afresh
-        kind = type(event)
-        changed = False
-        if kind is ev.MeterReading:
-            shape = self._shape(event, per_connector)
-            if shape in st.shapes:
-                return
-            complete, changed = self._learn_units(st, event)
-            if complete:  # only once every value was usable
-                if len(st.shapes) >= MAX_SHAPES:
-                    st.shapes.clear()
-                st.shapes.add(shape)
-        elif kind is ev.Booted:
-            changed = self._boot(st, event.payload)
+        changed = update.structural
+        if type(event) is ev.Booted:
+            changed = self._boot(st, event.info) or changed
         connector = getattr(event, "connector_id", None)
         if connector and connector > 0 and connector not in st.connectors:
             st.connectors.add(connector)
             changed = True
         seen = st.seen
-        for subtopic, _ in mapping.event_messages(event, self._views[per_connector]):
-            if subtopic not in seen:
-                seen.add(subtopic)
+        for key, _ in update.changes:
+            if key not in seen and (key.connector is None
+                                    or state.shows(key.connector, key.name)):
+                seen.add(key)
                 changed = True
         if changed:
             self._mark(st)
 
-    @staticmethod
-    def _shape(e: ev.MeterReading, per_connector: bool) -> tuple:
-        return (
-            e.connector_id,
-            per_connector,
-            e.transaction_id is not None,
-            tuple((s.get("measurand"), s.get("phase"), s.get("format"), s.get("unit"))
-                  for entry in e.meter_value for s in entry.get("sampledValue", ())),
-        )
-
-    @staticmethod
-    def _learn_units(st: _Station, e: ev.MeterReading) -> tuple[bool, bool]:
-        """Record each reading's published unit → (every value usable, a unit changed)."""
-        complete, changed = True, False
-        for entry in e.meter_value:
-            for sampled in entry.get("sampledValue", ()):
-                reading = mapping.normalise(sampled)
-                if reading is None:
-                    complete = False
-                    continue
-                if reading.signed:
-                    continue
-                keys = [reading.key]
-                if reading.phase is not None:
-                    keys.append(f"{reading.key}/{reading.phase}")
-                for key in keys:
-                    if st.units.get(key, "?") != reading.unit:
-                        st.units[key] = reading.unit
-                        changed = True
-        return complete, changed
-
-    @staticmethod
-    def _device_fields(payload: dict) -> dict[str, str]:
-        fields = {
-            "manufacturer": payload.get("chargePointVendor"),
-            "model": payload.get("chargePointModel"),
-            "sw_version": payload.get("firmwareVersion"),
-            "serial_number": payload.get("chargePointSerialNumber")
-            or payload.get("chargeBoxSerialNumber"),
-        }
-        return {k: str(v) for k, v in fields.items() if v}
-
-    def _boot(self, st: _Station, payload: dict) -> bool:
-        fields = self._device_fields(payload)
+    def _boot(self, st: _Station, info: ev.BootInfo) -> bool:
+        fields = _device_fields(info)
         if st.booted and fields == st.boot:
             return False
         st.boot = fields
@@ -375,14 +333,14 @@ class HomeAssistantExtension:
 
     # --- the discovery document ------------------------------------------------------
     def document(self, st: _Station) -> dict:
-        prefix = self.gateway.prefix(st.name)
+        t = self.ctx.topics
         device = {**st.recovered_device, "identifiers": [st.uid], "name": st.name, **st.boot}
         return {
             "device": device,
             "origin": ORIGIN,
             "availability": [
-                {"topic": self.gateway.bridge_topic},
-                {"topic": f"{prefix}/state/connection_state",
+                {"topic": t.bridge_state},
+                {"topic": t.state(st.name, Key("connection_state")),
                  "payload_available": "CONNECTED", "payload_not_available": "DISCONNECTED"},
             ],
             "availability_mode": "all",
@@ -391,38 +349,31 @@ class HomeAssistantExtension:
         }
 
     def components(self, st: _Station) -> dict[str, dict]:
-        prefix = self.gateway.prefix(st.name)
+        state = self.ctx.state(st.name)
         multi = len(st.connectors) > 1
         out: dict[str, dict] = {}
-        for subtopic in sorted(st.seen):
-            described = self._state_component(st, prefix, subtopic)
-            if described is not None:
-                out[described[0]] = described[1]
+        for key in sorted(st.seen, key=state_subtopic):
+            config = self._state_component(st, state, key)
+            if config is not None:
+                out[_component_id(key)] = config
         if st.booted:
             for control in CONTROLS:
-                for cid, config in self._control_components(st, prefix, control, multi):
+                for cid, config in self._control_components(st, control, multi):
                     out[cid] = config
         return out
 
-    def _state_component(self, st: _Station, prefix: str,
-                         subtopic: str) -> tuple[str, dict] | None:
-        parts = subtopic.split("/")[1:]  # drop "state"
+    def _state_component(self, st: _Station, state: StationState | None,
+                         key: Key) -> dict | None:
         label = ""
-        if parts[0] == "connector" and len(parts) >= 3:
-            n = parts[1]
-            label = "Charge point " if n == "0" else f"Connector {n} "
-            rest = parts[2:]
-        else:
-            rest = parts
-        key = rest[0]
-        if len(rest) > 2 or rest[-1] == "signed_data":
+        if key.connector is not None:
+            label = "Charge point " if key.connector == 0 else f"Connector {key.connector} "
+        if key.signed:
             return None
-        entity = _STATE_BY_KEY.get(key)
+        entity = _STATE_BY_KEY.get(key.name)
         if entity is not None:
-            if len(rest) > 1 or (label and not entity.per_connector):
+            if key.phase is not None or (label and not entity.per_connector):
                 return None
-            name = label + entity.name
-            config: dict[str, Any] = {"platform": entity.platform, "name": name}
+            config: dict[str, Any] = {"platform": entity.platform, "name": label + entity.name}
             for option, value in (("device_class", entity.device_class),
                                   ("state_class", entity.state_class),
                                   ("unit_of_measurement", entity.unit),
@@ -432,43 +383,51 @@ class HomeAssistantExtension:
                     config[option] = value
             config.update(entity.options)
             if entity.bridge_only:
-                config["availability"] = [{"topic": self.gateway.bridge_topic}]
-        elif key in _MEASURAND_BY_KEY:
-            phase = rest[1] if len(rest) > 1 else None
-            if label and phase is not None:
+                config["availability"] = [{"topic": self.ctx.topics.bridge_state}]
+        elif key.name in MEASURANDS_BY_KEY:
+            if label and key.phase is not None:
                 return None  # per-connector phases: on the MQTT topics, not as entities
-            unit_key = f"{key}/{phase}" if phase else key
-            unit, device_class, state_class = UNIT_CLASSES.get(
-                st.units.get(unit_key), (st.units.get(unit_key), None, "measurement"))
-            if key.endswith("_interval"):
-                state_class = None  # energy per interval is neither a total nor a measurement
-            if key == "soc":
-                device_class = "battery"
-            elif key == "power_factor":
-                device_class = "power_factor"
-            name = label + (MEASURAND_NAMES.get(key)
-                            or _MEASURAND_BY_KEY[key].replace(".", " ").capitalize())
-            if phase:
-                name += f" {_phase_label(phase)}"
-            config = {"platform": "sensor", "name": name}
-            for option, value in (("device_class", device_class), ("state_class", state_class),
-                                  ("unit_of_measurement", unit)):
-                if value is not None:
-                    config[option] = value
+            config = self._sensor(state, key, label)
         else:
             return None
-        cid = "_".join(parts)
-        config["unique_id"] = f"{st.uid}_{cid}"
-        config["state_topic"] = f"{prefix}/{subtopic}"
-        return cid, config
+        config["unique_id"] = f"{st.uid}_{_component_id(key)}"
+        config["state_topic"] = self.ctx.topics.state(st.name, key)
+        return config
 
-    def _status_topic(self, st: _Station, prefix: str, connector: int) -> str | None:
-        for subtopic in (f"state/connector/{connector}/status", "state/status"):
-            if subtopic in st.seen:
-                return f"{prefix}/{subtopic}"
+    @staticmethod
+    def _sensor(state: StationState | None, key: Key, label: str) -> dict[str, Any]:
+        measured = None
+        if state is not None:
+            holder = state.connectors.get(key.connector) if key.connector is not None else None
+            meter = holder.meter if holder is not None else state.meter
+            measured = meter.get(key.name)
+        published_unit = measured.unit if measured is not None else None
+        unit, device_class, state_class = UNIT_CLASSES.get(
+            published_unit, (published_unit, None, "measurement"))
+        if key.name.endswith("_interval"):
+            state_class = None  # energy per interval is neither a total nor a measurement
+        if key.name == "soc":
+            device_class = "battery"
+        elif key.name == "power_factor":
+            device_class = "power_factor"
+        name = label + (MEASURAND_NAMES.get(key.name)
+                        or MEASURANDS_BY_KEY[key.name].replace(".", " ").capitalize())
+        if key.phase:
+            name += f" {_phase_label(key.phase)}"
+        config: dict[str, Any] = {"platform": "sensor", "name": name}
+        for option, value in (("device_class", device_class), ("state_class", state_class),
+                              ("unit_of_measurement", unit)):
+            if value is not None:
+                config[option] = value
+        return config
+
+    def _status_topic(self, st: _Station, connector: int) -> str | None:
+        for key in (Key("status", None, connector), Key("status")):
+            if key in st.seen:
+                return self.ctx.topics.state(st.name, key)
         return None
 
-    def _control_components(self, st: _Station, prefix: str, control: Control,
+    def _control_components(self, st: _Station, control: Control,
                             multi: bool) -> list[tuple[str, dict]]:
         if control.per_connector:
             targets = [(n, f"{control.id}_{n}") for n in sorted(st.connectors or {1})]
@@ -478,7 +437,7 @@ class HomeAssistantExtension:
         for connector, cid in targets:
             state_topic = None
             if control.state_template is not None:
-                state_topic = self._status_topic(st, prefix, connector)
+                state_topic = self._status_topic(st, connector)
                 if state_topic is None and control.platform == "switch":
                     continue  # a charging switch needs the connector's status first
             args = dict(control.args)
@@ -489,7 +448,7 @@ class HomeAssistantExtension:
                 name = f"Connector {connector} {name}"
             config: dict[str, Any] = {"platform": control.platform, "name": name,
                                       "unique_id": f"{st.uid}_{cid}",
-                                      "command_topic": f"{prefix}/cmd"}
+                                      "command_topic": self.ctx.topics.command(st.name)}
             if control.platform == "button":
                 config["payload_press"] = _command(control.action, args)
             elif control.platform == "switch":
@@ -505,7 +464,7 @@ class HomeAssistantExtension:
                 config["value_template"] = control.state_template
             config.update(control.options)
             if "max" in config and control.id == "current_limit":
-                config["max"] = self.gateway.settings.current_limit_max
+                config["max"] = self.ctx.settings.current_limit_max
             out.append((cid, config))
         return out
 
@@ -514,7 +473,7 @@ class HomeAssistantExtension:
         self._dirty[st.name] = None
         if self.ready and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.ctx.defer(self.flush)
 
     def flush(self, force: bool = False) -> None:
         """Publish the document of every changed station (all of them if `force`)."""
@@ -531,7 +490,7 @@ class HomeAssistantExtension:
             body = orjson.dumps(self.document(st)).decode()
             if body == st.broker and not force:
                 continue
-            self.gateway.link.publish(self.config_topic(name), body, retain=True, qos=1)
+            self.ctx.publish(self.config_topic(name), body, retain=True, qos=1)
             st.broker = body
             st.echoes.append(body)
             self.published += 1
@@ -545,7 +504,7 @@ class HomeAssistantExtension:
             st.echoes.clear()
         token = os.urandom(8).hex()
         self._sync_token = token
-        self.gateway.link.publish(self.sync_topic, token, retain=False, qos=0)
+        self.ctx.publish(self.ctx.topics.discovery_sync, token, retain=False, qos=0)
         if self._sync_timer is not None:
             self._sync_timer.cancel()
         self._sync_timer = asyncio.get_running_loop().call_later(
@@ -554,11 +513,11 @@ class HomeAssistantExtension:
     def _synced(self, token: str, timed_out: bool = False) -> None:
         if token != self._sync_token or self.ready:
             return
-        if timed_out and not self.gateway.link.connected.is_set():
+        if timed_out and not self.ctx.mqtt_connected:
             return  # disconnected (or stopped) meanwhile: the next connect starts over
         if timed_out:
             log.warning("no echo on %s within %g s; publishing discovery without reading "
-                        "back retained documents", self.sync_topic, SYNC_TIMEOUT)
+                        "back retained documents", self.ctx.topics.discovery_sync, SYNC_TIMEOUT)
         elif self._sync_timer is not None:
             self._sync_timer.cancel()
         self._sync_timer = None
@@ -568,25 +527,19 @@ class HomeAssistantExtension:
         force, self._force_pending = self._force_pending, False
         self.flush(force)
 
-    def on_mqtt_message(self, topic: str, payload: bytes) -> bool:
-        if topic.startswith(self.config_prefix) and topic.endswith("/config"):
-            self._document_received(topic[len(self.config_prefix):-7], payload.decode())
-            return True
-        if topic == self.status_topic:
-            if payload == b"online":
-                log.info("Home Assistant is online: publishing discovery again")
-                self.flush(force=True)
-            return True
-        if topic == self.sync_topic:
-            self._synced(payload.decode())
-            return True
-        if topic == self.remove_topic:
-            if payload:
-                self._remove_station(payload)
-            return True
-        return False
+    def _on_status(self, message: Incoming) -> None:
+        if message.payload == b"online":
+            log.info("Home Assistant is online: publishing discovery again")
+            self.flush(force=True)
 
-    def _document_received(self, slug: str, body: str) -> None:
+    def _on_sync(self, message: Incoming) -> None:
+        self._synced(message.payload.decode(errors="replace"))
+
+    def _on_document(self, message: Incoming) -> None:
+        slug = self.ctx.topics.discovery_slug(message.topic)
+        if slug is None:
+            return
+        body = message.payload.decode(errors="replace")
         st = self.by_slug.get(slug)
         if st is None:
             if body:
@@ -603,30 +556,18 @@ class HomeAssistantExtension:
         if body and not st.removed:
             self._mark(st)
 
-    # --- bridge/request/remove_station -------------------------------------------------
-    def _remove_station(self, payload: bytes) -> None:
-        request_id = None
-        station = None
-        try:
-            request = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            request = payload.decode(errors="replace").strip()
-        if isinstance(request, dict):
-            request_id = request.get("id")
-            station = request.get("station")
-        elif isinstance(request, str):
-            station = request
+    # --- bridge request remove_station -------------------------------------------------
+    def _remove_station(self, request: Any) -> BridgeResponse:
+        station = request.get("station") if isinstance(request, dict) else request
         if not isinstance(station, str) or not station:
-            self._respond(request_id, "error", {}, 'expected {"station": "<station id>", '
-                          '"id": <optional request id>} or the bare station id')
-            return
+            return BridgeResponse("error", {}, 'expected {"station": "<station id>", '
+                                  '"id": <optional request id>} or the bare station id')
         slug = station_slug(station)
         st = self.stations.get(station)
         known = (st is not None and not st.removed and not st.empty()) or slug in self.retained
         if not known:
-            self._respond(request_id, "error", {"station": station},
-                          f"no Home Assistant discovery known for station {station!r}")
-            return
+            return BridgeResponse("error", {"station": station},
+                                  f"no Home Assistant discovery known for station {station!r}")
         entities = 0
         if st is not None and not st.removed:
             entities = len(self.document(st)["components"])
@@ -636,19 +577,15 @@ class HomeAssistantExtension:
             except (orjson.JSONDecodeError, AttributeError):
                 entities = 0
         self.retained.pop(slug, None)
-        self.gateway.link.publish(self.config_topic(station), "", retain=True, qos=1)
+        self.ctx.publish(self.config_topic(station), "", retain=True, qos=1)
         if st is not None:
             st.reset()
             st.removed = True
             st.broker = ""
             st.echoes.append("")
         log.info("removed Home Assistant discovery of %s (%d entities)", station, entities)
-        self._respond(request_id, "ok", {"station": station, "entities": entities,
-                                         "discovery_topic": self.config_topic(station)}, None)
-
-    def _respond(self, request_id: Any, status: str, data: dict, error: str | None) -> None:
-        body = orjson.dumps({"id": request_id, "status": status, "data": data, "error": error})
-        self.gateway.link.publish(self.remove_response_topic, body.decode(), retain=False)
+        return BridgeResponse("ok", {"station": station, "entities": entities,
+                                     "discovery_topic": self.config_topic(station)})
 
 
 def _command(action: str, args: dict) -> str:

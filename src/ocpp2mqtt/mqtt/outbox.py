@@ -8,12 +8,12 @@ or restart. One row holds all messages of one event-loop tick and class
 
 The queue is bounded (OUTBOX_MAX_BYTES). Over the bound, the oldest
 *non-essential* rows are dropped with a log line; essential rows —
-transactions, energy registers, command results — are never dropped.
+transactions, energy registers, command results, as their publisher marks
+them — are never dropped.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,26 +21,6 @@ from pathlib import Path
 import orjson
 
 Message = tuple[str, str, bool, int]  # topic, payload, retain, qos
-
-# Topics whose loss would lose money or a user's answer.
-_ESSENTIAL = re.compile(
-    r"/state/(?:connector/\d+/)?(?:energy_|meter_start|meter_stop|transaction|"
-    r"last_transaction_id|session_energy|id_tag)|/cmd_result"
-)
-
-
-_essential_cache: dict[str, bool] = {}
-
-
-def is_essential(topic: str) -> bool:
-    # Topics repeat (stations × keys): remember the answer instead of re-matching.
-    known = _essential_cache.get(topic)
-    if known is None:
-        if len(_essential_cache) > 200_000:
-            _essential_cache.clear()
-        known = _essential_cache[topic] = _ESSENTIAL.search(topic) is not None
-    return known
-
 
 class Outbox:
     def __init__(self, path: Path, max_bytes: int):

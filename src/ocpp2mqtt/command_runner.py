@@ -1,0 +1,301 @@
+"""MQTT commands → OCPP calls → exactly one result each.
+
+The runner listens to `<prefix>/cmd` of every station this gateway holds (and,
+for the retry window after it left, of stations that might come back), turns each
+command into a plan (commands.py, pure), sends it to the station's session — one
+CALL at a time per station — checks the charger's answer against the action's
+response schema, and publishes the result on `<prefix>/cmd_result` (plus the
+original's `cmd_result/<key>` topics and, for MQTT v5, the response topic).
+
+With several gateway replicas (docs/scaling.md), a command waiting for a station
+that reconnects to another replica is handed over: re-published, wrapped as
+`{"handed_over": <replica>, "command": <the original text>}`, on the same topic.
+The new owner runs it unless it already ran the same command itself (it may
+have heard the original too): one command, one result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from ocpp2mqtt import commands
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.authorization import Authorizer
+from ocpp2mqtt.clock import utc_now
+from ocpp2mqtt.config import Settings
+from ocpp2mqtt.metrics import Metrics
+from ocpp2mqtt.mqtt.publisher import DurablePublisher
+from ocpp2mqtt.mqtt.router import TopicRouter
+from ocpp2mqtt.mqtt.transport import Incoming
+from ocpp2mqtt.ocpp import protocol
+from ocpp2mqtt.ocpp.server import OcppServer
+from ocpp2mqtt.ocpp.session import CallErrorReceived, Session
+from ocpp2mqtt.store import Store
+from ocpp2mqtt.topics import Topics
+
+log = logging.getLogger("ocpp2mqtt.commands")
+
+RECENT_LIMIT = 256  # commands remembered per station to recognise a handed-over copy
+
+
+class NotConnected(Exception):
+    """The station is not connected (and did not come back in time)."""
+
+
+class HandedOver(Exception):
+    """The station is connected to another gateway replica (its id is the message)."""
+
+
+class CommandRunner:
+    def __init__(self, settings: Settings, topics: Topics, server: OcppServer,
+                 router: TopicRouter, publisher: DurablePublisher, store: Store,
+                 authorizer: Authorizer, emit: Callable[[ev.Event], None], metrics: Metrics,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], instance_id: str):
+        self.settings = settings
+        self.topics = topics
+        self.server = server
+        self.router = router
+        self.publisher = publisher
+        self.store = store
+        self.authorizer = authorizer
+        self.emit = emit
+        self.metrics = metrics
+        self.spawn = spawn
+        self.instance_id = instance_id
+        self.owner_of: Callable[[str], str | None] = lambda station: None  # replicas.py
+        self.policy = commands.CurrentLimitPolicy(
+            purpose=settings.current_limit_purpose,
+            stack_level=settings.current_limit_stack_level,
+            profile_id_base=settings.current_limit_profile_id,
+            round_amps=settings.current_limit_round_amps,
+            min_current=settings.current_limit_min_current,
+            force_amps=settings.current_limit_unit == "A",
+            phases=settings.current_limit_phases,
+            voltage=settings.current_limit_voltage,
+            kind=settings.current_limit_profile_kind,
+        )
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._watching: dict[str, Callable[[], None]] = {}  # station → unsubscribe
+        self._linger: dict[str, asyncio.TimerHandle] = {}
+        self._recent: dict[str, dict[bytes, None]] = {}  # station → digests of commands run
+
+    # --- which command topics we listen to -------------------------------------------
+    def start(self) -> None:
+        if not self.settings.mqtt_usestationname:
+            # One shared prefix: one command topic, for the station that connected last.
+            self.router.subscribe(self.topics.command(""), self._handler(""))
+        for station in self.settings.expected_charge_points:
+            self.watch(station)
+
+    def _handler(self, station: str) -> Callable[[Incoming], None]:
+        return lambda message: self._on_command(station, message)
+
+    def watch(self, station: str) -> None:
+        handle = self._linger.pop(station, None)
+        if handle is not None:
+            handle.cancel()
+        if self.settings.mqtt_usestationname and station not in self._watching:
+            self._watching[station] = self.router.subscribe(
+                self.topics.command(station), self._handler(station))
+
+    def unwatch(self, station: str) -> None:
+        self._linger.pop(station, None)
+        if station in self.server.sessions or station in self.settings.expected_charge_points:
+            return
+        unsubscribe = self._watching.pop(station, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
+    def session_started(self, session: Session) -> None:
+        # Subscribe before the station is claimed: a replica that sees our claim may
+        # hand a waiting command over by re-publishing it, and we must hear it.
+        self.watch(session.station)
+
+    def session_ended(self, session: Session) -> None:
+        station = session.station
+        if session.taken_over:
+            log.info("%s now connected to another gateway replica", station)
+            self.unwatch(station)
+            return
+        if station in self.settings.expected_charge_points or \
+                not self.settings.mqtt_usestationname:
+            return
+        # Keep listening while a command could still be waiting for a reconnect,
+        # then let go so another gateway replica can own this station's commands.
+        s = self.settings
+        linger = s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts) + 1
+        self._linger[station] = asyncio.get_running_loop().call_later(
+            linger, self.unwatch, station)
+
+    def released(self, station: str) -> None:
+        """Another replica claimed `station`: stop listening if we are only lingering."""
+        if station in self._linger:
+            self._linger.pop(station).cancel()
+            self.unwatch(station)
+        self.server.changed()  # wake commands waiting for the station: hand them over
+
+    # --- running commands ------------------------------------------------------------------
+    def _on_command(self, station: str, message: Incoming) -> None:
+        if not message.payload:
+            return  # our own clearing of a retained command
+        session = self.server.sessions.get(station)
+        if self.owner_of(station) is not None and (session is None or session.taken_over):
+            return  # the replica that holds the station hears this command too
+        # A retained command would run again at every restart: run it once and clear
+        # it. MQTT 3.1.1 hides the retain flag of live messages, so we clear after
+        # every command (an empty retained message is a no-op).
+        self.publisher.publish(message.topic, b"", retain=True, qos=1)
+        raw, copy = _unwrap(message.payload)
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        recent = self._recent.setdefault(station, {})
+        if copy and digest in recent:
+            log.info("%s: handed-over command already ran here; dropped", station or "?")
+            return
+        recent[digest] = None
+        if len(recent) > RECENT_LIMIT:
+            del recent[next(iter(recent))]
+        self.spawn(self._run(station, message, raw))
+
+    async def _run(self, station: str, message: Incoming, raw: bytes) -> None:
+        try:
+            doc = await self._execute(station, raw)
+        except HandedOver as exc:
+            # The station is on another replica now, which listens to this topic:
+            # pass the command on instead of answering not_connected.
+            log.info("%s: command handed over to replica %s", station, exc)
+            copy = orjson.dumps({"handed_over": self.instance_id, "command": raw.decode()})
+            self.publisher.publish(message.topic, copy, retain=False, qos=1)
+            return
+        except Exception as exc:  # a bug must still give the command its one result
+            log.exception("%s: command failed inside the gateway", station or "?")
+            doc = commands.result_document("?", "error", command_id=commands.peek_id(raw),
+                                           error=f"internal error: {type(exc).__name__}")
+        if message.retain:
+            doc["retained_cleared"] = True
+        self._publish_result(station, message, doc)
+
+    def _publish_result(self, station: str, message: Incoming, doc: dict) -> None:
+        target = station or self.server.last_station or ""
+        self.metrics.commands.labels(doc["status"]).inc()
+        prefix = self.topics.prefix(target) if target else self.topics.base
+        try:
+            body = orjson.dumps(doc)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            log.error("%s: command result not serialisable (%s)", target or "?", exc)
+            doc = commands.result_document(doc.get("action", "?"), "error",
+                                           error="result not serialisable")
+            body = orjson.dumps(doc)
+        publish = self.publisher.publish
+        publish(f"{prefix}/cmd_result", body, retain=False, essential=True)
+        for subtopic, payload in commands.legacy_result_messages(doc):
+            publish(f"{prefix}/{subtopic}", payload, retain=False, essential=True)
+        if message.response_topic:
+            publish(message.response_topic, body, retain=False,
+                    correlation_data=message.correlation_data)
+        log.info("%s: command %s → %s%s", target or "?", doc["action"], doc["status"],
+                 f" ({doc['error']})" if doc.get("error") else "")
+
+    def _facts(self, station: str) -> commands.StationFacts:
+        open_tx = {}
+        for tx in self.store.open_transactions(station):
+            open_tx[tx.connector_id] = tx.id  # later rows (newer) win
+        return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy,
+                                     now=utc_now())
+
+    async def _execute(self, station: str, raw: bytes) -> dict:
+        target = station or self.server.last_station or ""
+        try:
+            plan = commands.plan(raw, self._facts(target))
+        except commands.CommandError as exc:
+            return commands.result_document(exc.action or "?", "error",
+                                            command_id=exc.command_id, error=str(exc))
+        if plan.local:
+            enabled = plan.local["charging_enabled"]
+            self.authorizer.set_charging_enabled(target, enabled)
+            self.emit(ev.ChargingEnabledChanged(target, utc_now(), enabled=enabled))
+            return commands.result_document(plan, "ok", response={"chargingEnabled": enabled})
+        assert plan.ocpp_action is not None
+        try:
+            response = await self.call_station(station, plan.ocpp_action, plan.payload)
+        except NotConnected as exc:
+            return commands.result_document(plan, "not_connected", error=str(exc))
+        except CallErrorReceived as exc:
+            return commands.result_document(
+                plan, "error", response={"errorCode": exc.code, "errorDescription":
+                                         exc.description, "errorDetails": exc.details},
+                error=f"charger answered CALLERROR {exc}",
+            )
+        except protocol.InvalidAnswer as exc:
+            return commands.result_document(plan, "error", response=exc.raw, error=str(exc),
+                                            raw=True)
+        except asyncio.TimeoutError:
+            return commands.result_document(
+                plan, "timeout",
+                error=f"no answer within {self.settings.ocpp_response_timeout:g} s",
+            )
+        return commands.result_document(plan, commands.result_status(response),
+                                        response=response)
+
+    async def call_station(self, station: str, action: str, payload: dict) -> Any:
+        """Send one CALL to a station, one at a time per station; the checked answer.
+
+        Waits for a momentarily disconnected station (OCPP_COMMAND_RETRY_*); raises
+        NotConnected, HandedOver, CallErrorReceived, protocol.InvalidAnswer (an answer
+        that does not match the action's response schema) or asyncio.TimeoutError.
+        """
+        target = station or self.server.last_station or ""
+        lock = self._locks.setdefault(target, asyncio.Lock())
+        async with lock:  # OCPP allows one outstanding CALL per direction
+            session = await self._wait_for_session(station)
+            if session is None:
+                raise NotConnected(f"station {target or '?'} is not connected")
+            try:
+                answer = await session.call(action, payload,
+                                            self.settings.ocpp_response_timeout)
+            except ConnectionError as exc:
+                raise NotConnected(str(exc)) from exc
+        protocol.check_answer(action, answer, self.settings.ocpp_lenient_schema)
+        return answer
+
+    async def _wait_for_session(self, station: str) -> Session | None:
+        """The station's session, waiting up to the whole retry window for it to come back.
+
+        OCPP_COMMAND_RETRY_ATTEMPTS waits of OCPP_COMMAND_RETRY_BASE_DELAY, doubling: the
+        window is base × (2^attempts − 1). Other stations connecting do not shorten it.
+        """
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        window = s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts - 1)
+        deadline = loop.time() + window
+        sessions = self.server.sessions
+        while True:
+            name = station or self.server.last_station
+            if name and name in sessions and not sessions[name].taken_over:
+                return sessions[name]
+            owner = self.owner_of(name) if name else None
+            if owner is not None:
+                raise HandedOver(owner)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await self.server.wait_changed(remaining)
+
+
+def _unwrap(payload: bytes) -> tuple[bytes, bool]:
+    """A handed-over copy → (the original command, True); anything else → (it, False)."""
+    if not payload.startswith(b'{"handed_over"'):
+        return payload, False
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload, False
+    if isinstance(doc, dict) and set(doc) == {"handed_over", "command"} and isinstance(
+            doc["command"], str):
+        return doc["command"].encode(), True
+    return payload, False

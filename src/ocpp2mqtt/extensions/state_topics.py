@@ -1,0 +1,83 @@
+"""Per-key state topics: every value an event writes becomes `<prefix>/state/<key>`.
+
+Retained, plain text: numbers without units (in the units of `ocpp/meter.py`),
+`true`/`false`, JSON for structured values, an empty payload for a cleared value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.extensions import BaseExtension, Context
+from ocpp2mqtt.state import Change, StateUpdate, StationState, is_essential
+from ocpp2mqtt.topics import state_subtopic
+
+
+def format_number(value: float) -> str:
+    value = round(value, 6)  # round first: 1.001 kWh * 1000 = 1000.9999999999999
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_number(value)
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def render(state: StationState, changes: list[Change]) -> list[tuple[str, str, bool]]:
+    """(sub-topic under the station prefix, payload, essential) for each shown change."""
+    out = []
+    for key, value in changes:
+        if key.connector is not None and not state.shows(key.connector, key.name):
+            continue
+        out.append((state_subtopic(key), format_value(value), is_essential(key)))
+    return out
+
+
+class StateTopicsExtension(BaseExtension):
+    name = "state_topics"
+
+    def __init__(self) -> None:
+        self.last_payloads: dict[str, str] | None = None
+        self._was_connected = False
+
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        if not ctx.settings.mqtt_publish_unchanged:
+            self.last_payloads = {}
+
+    def on_event(self, event: ev.Event, state: StationState, update: StateUpdate) -> None:
+        if not update.changes:
+            return
+        prefix = self.ctx.topics.prefix(event.station)
+        publish = self.ctx.publish
+        last = self.last_payloads
+        for subtopic, payload, essential in render(state, update.changes):
+            topic = f"{prefix}/{subtopic}"
+            if last is not None:
+                # MQTT_PUBLISH_UNCHANGED=false: a retained topic already holds this value.
+                if last.get(topic) == payload:
+                    continue
+                last[topic] = payload
+            publish(topic, payload, essential=essential)
+
+    def on_mqtt_connected(self) -> None:
+        # After a reconnect the broker may have lost its retained messages: publish every
+        # value again. Not on the first connect: what was queued before it is delivered
+        # now, and forgetting it would publish the next unchanged value twice.
+        if self.last_payloads and self._was_connected:
+            self.last_payloads.clear()
+        self._was_connected = True

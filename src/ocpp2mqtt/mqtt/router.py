@@ -1,0 +1,66 @@
+"""Inbound MQTT → handlers, by topic filter.
+
+`subscribe(filter, handler)` returns the function that undoes it. The broker
+subscription exists while at least one handler wants the filter. A handler that
+raises is logged and counted; the others still get the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from paho.mqtt.client import topic_matches_sub
+
+from ocpp2mqtt.mqtt.transport import Incoming, MqttTransport
+
+log = logging.getLogger("ocpp2mqtt.mqtt")
+
+Handler = Callable[[Incoming], None]
+
+
+class TopicRouter:
+    def __init__(self, transport: MqttTransport,
+                 on_error: Callable[[str, BaseException], None] | None = None):
+        self.transport = transport
+        self._exact: dict[str, list[Handler]] = {}
+        self._wildcards: dict[str, list[Handler]] = {}
+        self._on_error = on_error
+        transport.on_message = self.dispatch
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> Callable[[], None]:
+        table = self._wildcards if ("+" in topic_filter or "#" in topic_filter) else self._exact
+        handlers = table.setdefault(topic_filter, [])
+        handlers.append(handler)
+        if len(handlers) == 1:
+            self.transport.subscribe(topic_filter)
+        done = False
+
+        def unsubscribe() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            handlers.remove(handler)
+            if not handlers and table.get(topic_filter) is handlers:
+                del table[topic_filter]
+                self.transport.unsubscribe(topic_filter)
+
+        return unsubscribe
+
+    def subscribed(self, topic_filter: str) -> bool:
+        return topic_filter in self._exact or topic_filter in self._wildcards
+
+    def dispatch(self, message: Incoming) -> None:
+        handlers = list(self._exact.get(message.topic, ()))
+        for topic_filter, more in self._wildcards.items():
+            if topic_matches_sub(topic_filter, message.topic):
+                handlers.extend(more)
+        for handler in handlers:
+            try:
+                handler(message)
+            except Exception as exc:
+                name = getattr(handler, "__qualname__", repr(handler))
+                log.exception("handler %s failed on %s", name, message.topic)
+                if self._on_error is not None:
+                    self._on_error(name, exc)

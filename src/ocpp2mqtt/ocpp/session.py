@@ -1,0 +1,184 @@
+"""One connected charge point: answers its CALLs, sends ours.
+
+A session never waits on MQTT: handlers are synchronous, emit typed events
+(which only update state and queue messages) and answer at once. The one await
+before an answer is the outbox's group commit, so what the charger reported is
+on disk before it hears back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ocpp import exceptions as ocpp_errors
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.authorization import Authorizer
+from ocpp2mqtt.clock import utc_now
+from ocpp2mqtt.config import Settings
+from ocpp2mqtt.metrics import Metrics
+from ocpp2mqtt.ocpp import protocol
+from ocpp2mqtt.store import Store
+
+log = logging.getLogger("ocpp2mqtt.session")
+
+
+class CallErrorReceived(Exception):
+    """The charger answered our CALL with a CALLERROR."""
+
+    def __init__(self, code: str, description: str, details: Any):
+        super().__init__(f"{code}: {description}" if description else code)
+        self.code = code
+        self.description = description
+        self.details = details
+
+
+class Durability(Protocol):
+    """The outbox's group commit (mqtt/publisher.py)."""
+
+    @property
+    def dirty(self) -> bool: ...
+
+    def durable(self) -> Awaitable[None]: ...
+
+
+@dataclass(slots=True)
+class SessionServices:
+    """What the protocol edge needs of the rest of the gateway; one for all sessions."""
+
+    settings: Settings
+    emit: Callable[[ev.Event], None]
+    authorizer: Authorizer
+    store: Store
+    metrics: Metrics
+    durability: Durability
+
+
+Handler = Callable[["Session", dict, str], dict]
+
+
+class Session:
+    _ids = itertools.count(1)
+
+    def __init__(self, services: SessionServices, handlers: dict[str, Handler], station: str,
+                 ws: ServerConnection, ip: str):
+        self.services = services
+        self.handlers = handlers
+        self.station = station
+        self.ws = ws
+        self.ip = ip
+        self.pending: dict[str, asyncio.Future[Any]] = {}
+        self.connected_at = ""
+        self.taken_over = False  # another gateway replica has this station now
+        self.owned_transactions: dict[int, bool] = {}  # transaction id → this station's?
+
+    # --- receive loop ---------------------------------------------------------------
+    async def run(self) -> None:
+        ws = self.ws
+        services = self.services
+        durability = services.durability
+        debug = log.isEnabledFor(logging.DEBUG)
+        loop = asyncio.get_running_loop()
+        rate = services.settings.ocpp_rate_limit
+        burst = float(services.settings.ocpp_rate_burst)
+        tokens, last, throttled = burst, loop.time(), False
+        try:
+            async for frame in ws:
+                if rate:
+                    # Token bucket: a flooding charger is slowed down (TCP backpressure),
+                    # every frame still gets its answer, other chargers are unaffected.
+                    now = loop.time()
+                    tokens = min(burst, tokens + (now - last) * rate)
+                    last = now
+                    if tokens < 1:
+                        if not throttled:
+                            throttled = True
+                            log.warning("%s: over OCPP_RATE_LIMIT=%g msg/s; slowing it down",
+                                        self.station, rate)
+                            services.metrics.rate_limited.inc()
+                        await asyncio.sleep((1 - tokens) / rate)
+                        tokens, last = 1.0, loop.time()
+                    else:
+                        throttled = False
+                    tokens -= 1
+                if isinstance(frame, bytes):
+                    # OCPP-J is text-only; a binary frame is a protocol error (RFC 6455 1003).
+                    log.warning("%s: binary frame received; closing", self.station)
+                    await ws.close(1003, "OCPP-J uses text frames only")
+                    return
+                if debug:
+                    log.debug("%s → %s", self.station, frame[:2000])
+                reply = self.handle_frame(frame)
+                if reply is not None:
+                    if durability.dirty:
+                        # Answer only once what the charger reported is on disk.
+                        await durability.durable()
+                    if debug:
+                        log.debug("%s ← %s", self.station, reply[:2000])
+                    await ws.send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("charger disconnected"))
+            self.pending.clear()
+
+    def handle_frame(self, frame: str) -> str | None:
+        """Answer one text frame; returns the frame to send back (or None)."""
+        try:
+            msg = protocol.parse_frame(frame)
+        except protocol.FrameError as exc:
+            log.warning("%s: bad frame (%s): %.200s", self.station, exc.error.code, frame)
+            self.services.metrics.frame_errors.labels(exc.error.code).inc()
+            return protocol.encode_error(exc.unique_id, exc.error)
+        if isinstance(msg, protocol.Call):
+            return self._answer(msg)
+        fut = self.pending.pop(msg.unique_id, None)
+        if fut is None or fut.done():
+            log.warning("%s: answer to unknown call id %r ignored", self.station, msg.unique_id)
+            return None
+        if isinstance(msg, protocol.CallResult):
+            fut.set_result(msg.payload)
+        else:
+            fut.set_exception(CallErrorReceived(msg.code, msg.description, msg.details))
+        return None
+
+    def _answer(self, call: protocol.Call) -> str:
+        try:
+            protocol.check_call(call, self.services.settings.ocpp_lenient_schema)
+            payload = self.handlers[call.action](self, call.payload, utc_now())
+        except ocpp_errors.OCPPError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            log.warning("%s: %s rejected with %s: %s", self.station, call.action, exc.code,
+                        details.get("cause", exc.description))
+            self.services.metrics.frame_errors.labels(exc.code).inc()
+            return protocol.encode_error(call.unique_id, exc)
+        except Exception:
+            log.exception("%s: internal error handling %s", self.station, call.action)
+            return protocol.encode_error(call.unique_id, ocpp_errors.InternalError())
+        self.services.metrics.message_received(call.action)
+        return protocol.encode_result(call.unique_id, payload)
+
+    # --- outgoing calls ----------------------------------------------------------
+    async def call(self, action: str, payload: dict, timeout: float) -> Any:
+        """Send a CALL and wait for its answer (raises CallErrorReceived, TimeoutError)."""
+        unique_id = f"{next(self._ids)}"
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[unique_id] = fut
+        try:
+            frame = protocol.encode_call(unique_id, action, payload)
+            log.debug("%s ← %s", self.station, frame)
+            await self.ws.send(frame)
+            return await asyncio.wait_for(fut, timeout)
+        except ConnectionClosed as exc:
+            raise ConnectionError("charger disconnected") from exc
+        finally:
+            self.pending.pop(unique_id, None)

@@ -1,0 +1,380 @@
+"""One typed state per station, and the reducer that keeps it. Pure: no I/O.
+
+`apply(state, event)` folds an event into the station's state and returns what it
+wrote, in order, as `(Key, value)` changes. The renderers — per-key MQTT topics,
+the JSON state document, Home Assistant discovery — work from the state and the
+changes; none of them parses a topic or a text.
+
+Values keep their type: numbers are numbers, a cleared transaction id is None,
+the data of a DataTransfer is its JSON value. The key names are the user-facing
+vocabulary: `<prefix>/state/<key>`, the document's fields, the entity ids.
+
+The connector-topics rule (CONNECTOR_TOPICS) lives here and only here: per-connector
+values are always recorded; `StationState.shows(connector, name)` says whether they
+are shown (topics, document, entities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.ocpp.meter import aggregate
+
+DEFAULT_CONTEXT = "Sample.Periodic"  # OCPP: the context of a sampled value that names none
+
+ConnectorTopicsMode = Literal["auto", "always", "never"]
+Value = str | int | float | bool | dict | list | None
+
+
+class Key(NamedTuple):
+    """Where a value lives: `<name>[/<phase>][/signed_data]`, per station or per connector."""
+
+    name: str
+    phase: str | None = None
+    connector: int | None = None
+    signed: bool = False
+
+
+Change = tuple[Key, Any]
+
+# Values of a StatusNotification: the station-wide one (connector 0) has no plain topic,
+# so it is always shown per connector.
+STATUS_FIELDS = ("status", "error_code", "status_info", "vendor_error_code", "status_vendor_id")
+_STATUS_NAMES = frozenset(STATUS_FIELDS)
+# What a lost message would cost money or an answer: never dropped from the outbox.
+_ESSENTIAL_NAMES = frozenset({
+    "transaction_id", "transaction_start", "transaction_stop", "meter_start", "meter_stop",
+    "meter_stop_reason", "last_transaction_id", "session_energy", "id_tag",
+})
+BOOT_FIELDS = (
+    "charge_point_vendor", "charge_point_model", "firmware_version",
+    "charge_point_serial_number", "charge_box_serial_number", "meter_type",
+    "meter_serial_number", "iccid", "imsi",
+)
+
+
+def is_essential(key: Key) -> bool:
+    return key.name.startswith("energy_") or key.name in _ESSENTIAL_NAMES
+
+
+@dataclass(slots=True)
+class Measurement:
+    """The latest reading of one measurand, its phases and how it was taken."""
+
+    measurand: str
+    value: float | None = None  # the phase-less value, or the aggregate of the phases
+    unit: str | None = None
+    context: str = DEFAULT_CONTEXT
+    location: str | None = None
+    timestamp: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    signed_data: str | None = None
+    phases_signed_data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ConnectorState:
+    values: dict[str, Value] = field(default_factory=dict)
+    meter: dict[str, Measurement] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StationState:
+    station: str
+    connector_topics_mode: ConnectorTopicsMode = "auto"
+    values: dict[str, Value] = field(default_factory=dict)
+    meter: dict[str, Measurement] = field(default_factory=dict)
+    connectors: dict[int, ConnectorState] = field(default_factory=dict)
+    boot: ev.BootInfo | None = None
+    many_connectors: bool = False  # a connector ≥ 2 was reported (CONNECTOR_TOPICS=auto)
+
+    # --- the connector-topics rule ------------------------------------------------
+    @property
+    def connector_topics(self) -> bool:
+        """Per-connector values are shown (`state/connector/<n>/…`, document, entities)."""
+        mode = self.connector_topics_mode
+        return mode == "always" or (mode == "auto" and self.many_connectors)
+
+    def shows(self, connector: int, name: str) -> bool:
+        return self.connector_topics or (connector == 0 and name in _STATUS_NAMES)
+
+    # --- typed reads for features that act on the state -----------------------------
+    @property
+    def connected(self) -> bool:
+        return self.values.get("connection_state") == "CONNECTED"
+
+    @property
+    def transaction_id(self) -> str | None:
+        tx = self.values.get("transaction_id")
+        return tx if isinstance(tx, str) else None
+
+
+@dataclass(slots=True)
+class StateUpdate:
+    """What one event wrote. `structural`: something new to describe appeared (a key, a
+    phase, a unit, a connector, boot information) — Home Assistant discovery looks then."""
+
+    changes: list[Change] = field(default_factory=list)
+    structural: bool = False
+
+
+class _Writer:
+    """Writes values into a station's state and records the changes, in order."""
+
+    __slots__ = ("state", "update")
+
+    def __init__(self, state: StationState):
+        self.state = state
+        self.update = StateUpdate()
+
+    def set(self, name: str, value: Value, connector: int | None = None) -> None:
+        if connector is None:
+            values = self.state.values
+        else:
+            values = self._connector(connector).values
+        if name not in values:
+            self.update.structural = True
+        values[name] = value
+        self.update.changes.append((Key(name, None, connector), value))
+
+    def _connector(self, connector: int) -> ConnectorState:
+        holder = self.state.connectors.get(connector)
+        if holder is None:
+            holder = self.state.connectors[connector] = ConnectorState()
+            self.update.structural = True
+        return holder
+
+    def see_connector(self, connector: int | None) -> None:
+        """A connector named by an event; the second one switches connector topics on."""
+        if connector is None or connector < 2 or self.state.many_connectors:
+            return
+        was = self.state.connector_topics
+        self.state.many_connectors = True
+        self.update.structural = True
+        if not was and self.state.connector_topics:
+            self._show_connectors()
+
+    def _show_connectors(self) -> None:
+        # Per-connector values recorded before the switch are shown from now on: write
+        # them out once, so the topics hold what the document and entities show.
+        changes = self.update.changes
+        for n, holder in sorted(self.state.connectors.items()):
+            for name, value in holder.values.items():
+                if not (n == 0 and name in _STATUS_NAMES):  # those were shown already
+                    changes.append((Key(name, None, n), value))
+            for name, m in holder.meter.items():
+                for phase, number in m.phases.items():
+                    changes.append((Key(name, phase, n), number))
+                if m.value is not None:
+                    changes.append((Key(name, None, n), m.value))
+                for phase, text in m.phases_signed_data.items():
+                    changes.append((Key(name, phase, n, True), text))
+                if m.signed_data is not None:
+                    changes.append((Key(name, None, n, True), m.signed_data))
+
+    def sample(self, sample: ev.Sample, connector: int | None) -> None:
+        """The readings of one instant, into the station's or one connector's meter."""
+        if connector is None:
+            meter = self.state.meter
+        else:
+            meter = self._connector(connector).meter
+        changes = self.update.changes
+        phases: dict[str, list[float]] = {}
+        plain: set[str] = set()
+        touched: dict[str, Measurement] = {}
+        for r in sample.readings:
+            m = meter.get(r.key)
+            if m is None:
+                m = meter[r.key] = Measurement(r.measurand)
+                self.update.structural = True
+            touched[r.key] = m
+            if r.signed:
+                text = str(r.value)
+                if r.phase is None:
+                    m.signed_data = text
+                else:
+                    m.phases_signed_data[r.phase] = text
+                changes.append((Key(r.key, r.phase, connector, True), text))
+                continue
+            number = float(r.value)
+            if r.phase is None:
+                m.value = number
+                plain.add(r.key)
+            else:
+                if r.phase not in m.phases:
+                    self.update.structural = True
+                m.phases[r.phase] = number
+                if r.phase != "n":
+                    phases.setdefault(r.key, []).append(number)
+            changes.append((Key(r.key, r.phase, connector), number))
+        for key, values in phases.items():
+            if key not in plain:
+                total = aggregate(key, values)
+                meter[key].value = total
+                changes.append((Key(key, None, connector), total))
+        for r in sample.readings:
+            m = touched[r.key]
+            if r.unit is not None and r.unit != m.unit:
+                self.update.structural = True
+                m.unit = r.unit
+            m.measurand = r.measurand
+            m.context = r.context or DEFAULT_CONTEXT
+            if r.location is not None:
+                m.location = r.location
+            if sample.timestamp is not None:
+                m.timestamp = sample.timestamp
+
+
+def apply(state: StationState, event: ev.Event) -> StateUpdate:
+    """Fold `event` into `state`; return the changes it made, in publishing order."""
+    w = _Writer(state)
+    reducer = _REDUCERS.get(type(event))
+    if reducer is not None:
+        reducer(w, event)
+    return w.update
+
+
+def _connected(w: _Writer, e: ev.Connected) -> None:
+    w.set("connection_state", "CONNECTED")
+    w.set("last_connected", e.at)
+    w.set("last_seen", e.at)
+    w.set("gateway", {"id": e.gateway, "since": e.at})
+
+
+def _disconnected(w: _Writer, e: ev.Disconnected) -> None:
+    w.set("connection_state", "DISCONNECTED")
+    w.set("last_disconnected", e.at)
+
+
+def _booted(w: _Writer, e: ev.Booted) -> None:
+    info = e.info
+    if w.state.boot != info:
+        w.update.structural = True
+    w.state.boot = info
+    values = (info.vendor, info.model, info.firmware_version, info.charge_point_serial_number,
+              info.charge_box_serial_number, info.meter_type, info.meter_serial_number,
+              info.iccid, info.imsi)
+    for name, value in zip(BOOT_FIELDS, values, strict=True):
+        if value is not None:
+            w.set(name, value)
+    w.set("last_boot", e.at)
+    w.set("last_seen", e.at)
+
+
+def _heartbeat(w: _Writer, e: ev.Heartbeat) -> None:
+    w.set("heartbeat", e.at)
+    w.set("last_seen", e.at)
+
+
+def _status(w: _Writer, e: ev.StatusChanged) -> None:
+    w.see_connector(e.connector_id)
+    fields: list[tuple[str, Value]] = [("status", e.status), ("error_code", e.error_code)]
+    if e.info is not None:
+        fields.append(("status_info", e.info))
+    if e.vendor_error_code is not None:
+        fields.append(("vendor_error_code", e.vendor_error_code))
+    if e.vendor_id is not None:
+        fields.append(("status_vendor_id", e.vendor_id))
+    if e.connector_id > 0:  # the plain status is the last one of a real connector
+        for name, value in fields:
+            w.set(name, value)
+        w.set("connector_id", e.connector_id)
+    for name, value in fields:
+        w.set(name, value, e.connector_id)
+    if e.timestamp:
+        w.set("status_timestamp", e.timestamp)
+    w.set("last_seen", e.at)
+
+
+def _meter(w: _Writer, e: ev.MeterReading) -> None:
+    w.see_connector(e.connector_id)
+    for sample in e.samples:
+        w.sample(sample, None)
+        w.sample(sample, e.connector_id)
+        if sample.timestamp is not None:
+            w.set("meter_timestamp", sample.timestamp)
+    if e.transaction_id is not None:
+        w.set("transaction_id", e.transaction_id)
+    w.set("last_seen", e.at)
+
+
+def _tx_started(w: _Writer, e: ev.TransactionStarted) -> None:
+    w.see_connector(e.connector_id)
+    w.set("transaction_id", e.transaction_id)
+    w.set("connector_id", e.connector_id)
+    w.set("id_tag", e.id_tag)
+    w.set("meter_start", e.meter_start)
+    w.set("transaction_start", e.timestamp)
+    w.set("last_seen", e.at)
+    w.set("transaction_id", e.transaction_id, e.connector_id)
+
+
+def _tx_stopped(w: _Writer, e: ev.TransactionStopped) -> None:
+    w.see_connector(e.connector_id)
+    w.set("meter_stop", e.meter_stop)
+    w.set("meter_stop_reason", e.reason)
+    w.set("transaction_stop", e.timestamp)
+    w.set("last_transaction_id", e.transaction_id)
+    w.set("transaction_id", None)
+    if e.meter_start is not None:
+        w.set("session_energy", e.meter_stop - e.meter_start)
+    if e.connector_id is not None:
+        w.set("transaction_id", None, e.connector_id)
+    w.set("last_seen", e.at)
+
+
+def _authorized(w: _Writer, e: ev.Authorized) -> None:
+    w.set("authorize", e.id_tag)
+    w.set("authorize_status", e.status)
+    w.set("last_seen", e.at)
+
+
+def _data_transfer(w: _Writer, e: ev.DataTransferred) -> None:
+    w.set("data_transfer", {"vendor_id": e.vendor_id, "message_id": e.message_id,
+                            "data": e.data})
+    w.set("last_seen", e.at)
+
+
+def _notification(w: _Writer, e: ev.NotificationReceived) -> None:
+    w.set(e.kind, e.status)
+    w.set("last_seen", e.at)
+
+
+def _charging_enabled(w: _Writer, e: ev.ChargingEnabledChanged) -> None:
+    w.set("charging_enabled", e.enabled)
+
+
+_REDUCERS: dict[type, Any] = {
+    ev.Connected: _connected,
+    ev.Disconnected: _disconnected,
+    ev.Booted: _booted,
+    ev.Heartbeat: _heartbeat,
+    ev.StatusChanged: _status,
+    ev.MeterReading: _meter,
+    ev.TransactionStarted: _tx_started,
+    ev.TransactionStopped: _tx_stopped,
+    ev.Authorized: _authorized,
+    ev.DataTransferred: _data_transfer,
+    ev.NotificationReceived: _notification,
+    ev.ChargingEnabledChanged: _charging_enabled,
+}
+
+
+class Stations:
+    """Every station's state, by id."""
+
+    def __init__(self, connector_topics: ConnectorTopicsMode = "auto"):
+        self.mode: ConnectorTopicsMode = connector_topics
+        self.states: dict[str, StationState] = {}
+
+    def get(self, station: str) -> StationState:
+        state = self.states.get(station)
+        if state is None:
+            state = self.states[station] = StationState(station, self.mode)
+        return state
+
+    def apply(self, event: ev.Event) -> tuple[StationState, StateUpdate]:
+        state = self.get(event.station)
+        return state, apply(state, event)
