@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     @field_validator("expected_charge_points")
     @classmethod
     def _valid_station_ids(cls, value: list[str]) -> list[str]:
-        from ocpp2mqtt.ocpp.admission import InvalidStationId, check_station_id
+        from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
 
         for station in value:
             try:

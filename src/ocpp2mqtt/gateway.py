@@ -31,9 +31,10 @@ from ocpp2mqtt.mqtt.outbox import Outbox
 from ocpp2mqtt.mqtt.publisher import DurablePublisher
 from ocpp2mqtt.mqtt.router import TopicRouter
 from ocpp2mqtt.mqtt.transport import MqttTransport
-from ocpp2mqtt.ocpp.admission import Admission, InvalidStationId, check_station_id
+from ocpp2mqtt.ocpp.admission import Admission
 from ocpp2mqtt.ocpp.server import OcppServer
 from ocpp2mqtt.ocpp.session import SessionServices
+from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
 from ocpp2mqtt.replicas import Replicas
 from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import Store

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from ocpp2mqtt import events as ev
-from ocpp2mqtt.ocpp.meter import aggregate
+from ocpp2mqtt.measurands import aggregate
 
 DEFAULT_CONTEXT = "Sample.Periodic"  # OCPP: the context of a sampled value that names none
 

@@ -54,8 +54,8 @@ from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus
 from ocpp2mqtt import __version__
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.extensions import BaseExtension, BridgeResponse, Context
+from ocpp2mqtt.measurands import MEASURANDS_BY_KEY
 from ocpp2mqtt.mqtt.transport import Incoming
-from ocpp2mqtt.ocpp.meter import MEASURANDS_BY_KEY
 from ocpp2mqtt.state import Key, StateUpdate, StationState
 from ocpp2mqtt.topics import NODE_ID, state_subtopic
 

@@ -1,17 +1,9 @@
 """Who may connect, as which station: pure rules over the WebSocket handshake.
 
-Station ids (documented in the README):
-- the id is the last non-empty path segment, percent-decoded:
-  `/CP1`, `/CP1/`, `/ocpp/CP1` all give `CP1`;
-- with no path segment, `?station=<id>` is used, else the configured fallback
-  (default `cp_{ip}`, the original's behaviour for firmware that connects to `/`);
-- an id that could break MQTT topics is refused: empty, `/`, `+`, `#`, NUL or
-  other control characters, longer than 48 characters, or the reserved `bridge`.
-
-Charger authentication (OCPP 1.6 security profile 1): HTTP Basic auth per station.
-Passwords come from OCPP_BASIC_AUTH (JSON object station → password) and/or
-OCPP_BASIC_AUTH_FILE (JSON object, or one `station:password` per line; `#`
-comments). Passwords are compared in constant time and never logged.
+Station ids: ocpp/station_id.py. Charger authentication (OCPP 1.6 security profile 1):
+HTTP Basic auth per station. Passwords come from OCPP_BASIC_AUTH (JSON object station →
+password) and/or OCPP_BASIC_AUTH_FILE (JSON object, or one `station:password` per line;
+`#` comments). Passwords are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -24,47 +16,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from ocpp2mqtt.config import ConfigError, Settings
 from ocpp2mqtt.ocpp.protocol import SUBPROTOCOL
-
-MAX_STATION_ID_LENGTH = 48
-RESERVED_IDS = frozenset({"bridge"})
-
-
-class InvalidStationId(ValueError):
-    """The handshake names a station id that cannot be used; message says why."""
-
-
-def check_station_id(station: str) -> str:
-    if not station:
-        raise InvalidStationId("station id is empty")
-    if len(station) > MAX_STATION_ID_LENGTH:
-        raise InvalidStationId(f"station id is longer than {MAX_STATION_ID_LENGTH} characters")
-    for ch in station:
-        if ch in "/+#" or ord(ch) < 32 or ord(ch) == 127:
-            raise InvalidStationId(
-                f"station id contains {ch!r}, which would break MQTT topics"
-            )
-    if station in RESERVED_IDS:
-        raise InvalidStationId(f"station id {station!r} is reserved")
-    return station
-
-
-def station_id_from_path(path: str, ip: str, fallback: str) -> str:
-    """Resolve and check the station id of a handshake request target."""
-    parts = urlsplit(path)
-    # Split before decoding so an encoded "%2F" cannot create a path level.
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if segments:
-        return check_station_id(segments[-1])
-    query = parse_qs(parts.query)
-    if query.get("station"):
-        return check_station_id(query["station"][0])
-    if not fallback:
-        raise InvalidStationId("no station id in the path and no fallback configured")
-    return check_station_id(fallback.format(ip=ip))
+from ocpp2mqtt.ocpp.station_id import InvalidStationId, station_id_from_path
 
 
 def load_passwords(settings: Settings) -> dict[str, str]:
