@@ -45,8 +45,8 @@ def mosquitto_binary() -> str:
 class EmbeddedBroker:
     def __init__(self, port: int = 1883):
         self.port = port
-        self.process: subprocess.Popen | None = None
-        self._dir: tempfile.TemporaryDirectory | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self) -> bool:
         binary = find_mosquitto()

@@ -87,7 +87,7 @@ async def run_gateway(settings: Settings) -> None:
 
 def _install_uvloop() -> str:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return "asyncio"
     uvloop.install()

@@ -180,7 +180,7 @@ class CommandRunner:
             doc["retained_cleared"] = True
         self._publish_result(station, message, doc)
 
-    def _publish_result(self, station: str, message: Incoming, doc: dict) -> None:
+    def _publish_result(self, station: str, message: Incoming, doc: dict[str, Any]) -> None:
         target = station or self.server.last_station or ""
         self.metrics.commands.labels(doc["status"]).inc()
         prefix = self.topics.prefix(target) if target else self.topics.base
@@ -208,7 +208,7 @@ class CommandRunner:
         return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy,
                                      now=utc_now())
 
-    async def _execute(self, station: str, raw: bytes) -> dict:
+    async def _execute(self, station: str, raw: bytes) -> dict[str, Any]:
         target = station or self.server.last_station or ""
         try:
             plan = commands.plan(raw, self._facts(target))
@@ -242,7 +242,7 @@ class CommandRunner:
         return commands.result_document(plan, commands.result_status(response),
                                         response=response)
 
-    async def call_station(self, station: str, action: str, payload: dict) -> Any:
+    async def call_station(self, station: str, action: str, payload: dict[str, Any]) -> Any:
         """Send one CALL to a station, one at a time per station; the checked answer.
 
         Waits for a momentarily disconnected station (OCPP_COMMAND_RETRY_*); raises

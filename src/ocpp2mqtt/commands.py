@@ -84,8 +84,8 @@ class Plan:
     action: str  # the user's action name
     command_id: Any = None
     ocpp_action: str | None = None  # None for local actions
-    payload: dict = field(default_factory=dict)
-    local: dict = field(default_factory=dict)  # e.g. {"charging_enabled": False}
+    payload: dict[str, Any] = field(default_factory=dict)
+    local: dict[str, Any] = field(default_factory=dict)  # e.g. {"charging_enabled": False}
     note: str | None = None  # said in the result, e.g. "paused: limit below minimum"
 
 
@@ -96,7 +96,7 @@ def _error(message: str, command_id: Any = None, action: str | None = None) -> C
     return exc
 
 
-def parse(raw: bytes) -> tuple[Any, str, dict]:
+def parse(raw: bytes) -> tuple[Any, str, dict[str, Any]]:
     """Raw MQTT payload → (id, action, args); raises CommandError (with the id if readable)."""
     try:
         doc = orjson.loads(raw)
@@ -143,7 +143,7 @@ def _normalise_action(action: str) -> str:
     return ALIASES.get(name, name)
 
 
-def _schema_check(ocpp_action: str, payload: dict) -> None:
+def _schema_check(ocpp_action: str, payload: dict[str, Any]) -> None:
     try:
         protocol.validate(ocpp_action, payload)
     except ocpp_errors.OCPPError as exc:
@@ -186,7 +186,7 @@ def plan(raw: bytes, facts: StationFacts) -> Plan:
         raise
 
 
-def _only(args: dict, allowed: set[str], action: str) -> None:
+def _only(args: dict[str, Any], allowed: set[str], action: str) -> None:
     extra = set(args) - allowed
     if extra:
         raise CommandError(
@@ -195,14 +195,14 @@ def _only(args: dict, allowed: set[str], action: str) -> None:
         )
 
 
-def _int_arg(args: dict, key: str, default: int | None, action: str) -> int | None:
+def _int_arg(args: dict[str, Any], key: str, default: int | None, action: str) -> int | None:
     value = args.get(key, default)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise CommandError(f"{action}: {_snake(key)} must be an integer, got {value!r}")
     return value
 
 
-def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
+def _set_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
     _only(args, {"limit", "unit", "connectorId", "numberPhases"}, "set_current_limit")
     policy = facts.policy
     limit = args.get("limit")
@@ -253,21 +253,21 @@ def _set_current_limit(args: dict, facts: StationFacts) -> Plan:
                 {"connectorId": connector, "csChargingProfiles": profile}, note=note)
 
 
-def _clear_current_limit(args: dict, facts: StationFacts) -> Plan:
+def _clear_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
     _only(args, {"connectorId"}, "clear_current_limit")
     connector = _int_arg(args, "connectorId", 0, "clear_current_limit")
     return Plan("", None, "ClearChargingProfile",
                 {"id": facts.policy.profile_id_base + (connector or 0)})
 
 
-def _start_charging(args: dict, facts: StationFacts) -> Plan:
+def _start_charging(args: dict[str, Any], facts: StationFacts) -> Plan:
     _only(args, {"connectorId", "idTag"}, "start_charging")
     connector = _int_arg(args, "connectorId", 1, "start_charging")
     id_tag = args.get("idTag", facts.default_id_tag)
     return Plan("", None, "RemoteStartTransaction", {"connectorId": connector, "idTag": id_tag})
 
 
-def _stop_charging(args: dict, facts: StationFacts) -> Plan:
+def _stop_charging(args: dict[str, Any], facts: StationFacts) -> Plan:
     _only(args, {"connectorId"}, "stop_charging")
     connector = _int_arg(args, "connectorId", None, "stop_charging")
     if connector is not None:
@@ -280,7 +280,7 @@ def _stop_charging(args: dict, facts: StationFacts) -> Plan:
     return Plan("", None, "RemoteStopTransaction", {"transactionId": tx})
 
 
-def _charging_enabled(args: dict, facts: StationFacts) -> Plan:
+def _charging_enabled(args: dict[str, Any], facts: StationFacts) -> Plan:
     _only(args, {"enabled"}, "charging_enabled")
     enabled = args.get("enabled")
     if not isinstance(enabled, bool):
@@ -312,7 +312,7 @@ def result_document(
     error: str | None = None,
     note: str | None = None,
     raw: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """The JSON result of one command. `raw`: the response is shown as received
     (an invalid answer), not converted to snake_case."""
     if isinstance(plan_or_action, Plan):
@@ -337,7 +337,7 @@ def result_document(
     return doc
 
 
-def legacy_result_messages(doc: dict) -> list[tuple[str, str]]:
+def legacy_result_messages(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """The original's `cmd_result/status` and `cmd_result/<key>` topics."""
     response = doc.get("response")
     status = response.get("status") if isinstance(response, dict) else None

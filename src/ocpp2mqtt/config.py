@@ -30,7 +30,7 @@ class ConfigError(Exception):
     """A configuration value is invalid; the message names the variable."""
 
 
-def _json_value(name: str, raw: Any, kind: type) -> Any:
+def _json_value(raw: Any, kind: type) -> Any:
     if not isinstance(raw, str):
         return raw
     if raw.strip() == "":
@@ -163,8 +163,8 @@ class Settings(BaseSettings):
 
     @field_validator("authorized_tag_id_list", "expected_charge_points", mode="before")
     @classmethod
-    def _json_list(cls, value: Any, info) -> Any:
-        return _json_value(info.field_name, value, list)
+    def _json_list(cls, value: Any) -> Any:
+        return _json_value(value, list)
 
     @field_validator("expected_charge_points")
     @classmethod
@@ -184,8 +184,8 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _json_dict(cls, value: Any, info) -> Any:
-        return _json_value(info.field_name, value, dict)
+    def _json_dict(cls, value: Any) -> Any:
+        return _json_value(value, dict)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -44,7 +44,8 @@ log = logging.getLogger("ocpp2mqtt.gateway")
 
 
 class Gateway:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, extensions: list[Extension] | None = None):
+        """`extensions`: more extensions, run before the built-in ones."""
         s = self.settings = settings
         self.store = Store(s.data_dir)
         self.instance_id = self.store.instance_id()
@@ -60,7 +61,8 @@ class Gateway:
         self.authorizer = Authorizer(s, self.store)
         self.stations = Stations(s.connector_topics)
         self._requests: dict[str, RequestHandler] = {}
-        extensions: list[Extension] = [
+        extensions = [
+            *(extensions or []),
             StateTopicsExtension(),
             StateDocumentExtension(),
             BootConfigurationExtension(),

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from ocpp2mqtt import __version__
 from ocpp2mqtt.config import Settings
@@ -43,8 +45,8 @@ _TEXT = "text/plain; charset=utf-8"
 
 def bound_port(server: asyncio.AbstractServer) -> int:
     """The TCP port the health server listens on (useful with HTTP_PORT=0)."""
-    sockets = getattr(server, "sockets", None) or ()
-    return sockets[0].getsockname()[1]
+    sockets: Sequence[socket.socket] = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1])
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -86,7 +88,8 @@ def _route(ready: Readiness, metrics: Metrics, method: str, target: str) -> byte
     return _response(200, metrics.render().decode(), CONTENT_TYPE, head=head)
 
 
-def _handler(ready: Readiness, metrics: Metrics):
+def _handler(ready: Readiness, metrics: Metrics) -> Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from ocpp2mqtt import __version__
 
 # `_created` series double every counter's output and nobody alerts on them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The classic text format; generate_latest() writes it for the names we use.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -45,19 +45,36 @@ import signal
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import websockets
 from ocpp.exceptions import OCPPError
-from ocpp.routing import after, on
+from ocpp.routing import after as _after
+from ocpp.routing import on as _on
 from ocpp.v16 import ChargePoint, call, call_result
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.typing import Subprotocol
 
 from ocpp2mqtt import __version__
 
 log = logging.getLogger("ocpp2mqtt.simulator")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_N = TypeVar("_N", int, float)
+
+
+# The ocpp library has no type information: typed views of its handler decorators
+# (both wrap the handler with functools.wraps, keeping its signature).
+def on(action: str) -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", _on(action))
+
+
+def after(action: str) -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", _after(action))
+
 
 VENDOR = "ocpp2mqtt"
 MIN_CURRENT = 6.0  # IEC 61851: below 6 A offered, the car pauses
@@ -101,7 +118,7 @@ class StationStats:
     sessions_completed: int = 0
     meter_values: int = 0
     energy_wh: float = 0.0  # delivered in completed sessions
-    commands: Counter = field(default_factory=Counter)  # OCPP action → answered
+    commands: Counter[str] = field(default_factory=Counter)  # OCPP action → answered
 
 
 def utc_now(dt: datetime | None = None) -> str:
@@ -140,7 +157,7 @@ class Profile:
     connector_id: int
     purpose: str
     stack_level: int
-    body: dict  # snake_case, as the ocpp library hands it over
+    body: dict[str, Any]  # snake_case, as the ocpp library hands it over
     installed: datetime
 
 
@@ -162,14 +179,14 @@ class Charger:
         self.pending_availability: bool | None = None  # applies when the tx ends
         self.status = "Available"
         self.profiles: dict[int, Profile] = {}
-        self.pending_tx_profile: dict | None = None  # from RemoteStartTransaction
+        self.pending_tx_profile: dict[str, Any] | None = None  # from RemoteStartTransaction
         self.remote_start: str | None = None  # idTag of an accepted remote start
         self.reset: str | None = None  # "Soft" / "Hard" once requested
         self.voltages = [cfg.voltage + rng.uniform(-2, 2) for _ in range(3)]
         self.currents = [0.0, 0.0, 0.0]
         self.offered = 0.0
         self.last_update = time.monotonic()
-        self.config: dict[str, list] = {  # key → [value, readonly]
+        self.config: dict[str, list[str | bool]] = {  # key → [value, readonly]
             "HeartbeatInterval": ["300", False],
             "MeterValueSampleInterval": [_num(cfg.interval), False],
             "MeterValuesSampledData": [ALL_MEASURANDS if cfg.soc else
@@ -197,7 +214,7 @@ class Charger:
         return float(self.config["HeartbeatInterval"][0])
 
     def flag(self, key: str) -> bool:
-        return self.config[key][0].lower() == "true"
+        return cast(str, self.config[key][0]).lower() == "true"
 
     # --- smart charging ----------------------------------------------------------
     def _period(self, p: Profile, now: datetime) -> tuple[float, str, int | None] | None:
@@ -231,8 +248,9 @@ class Charger:
         return (float(chosen["limit"]), sched.get("charging_rate_unit", "A"),
                 chosen.get("number_phases"))
 
-    def _best(self, purpose: str, connector: int, now: datetime):
-        found = None
+    def _best(self, purpose: str, connector: int,
+              now: datetime) -> tuple[float, str, int | None] | None:
+        found: tuple[Profile, tuple[float, str, int | None]] | None = None
         for p in self.profiles.values():
             if p.purpose != purpose or p.connector_id != connector:
                 continue
@@ -304,9 +322,9 @@ class Charger:
             else:
                 self.status = "Charging"
 
-    def meter_value(self, context: str = "Sample.Periodic") -> dict:
-        wanted = set(self.config["MeterValuesSampledData"][0].split(","))
-        sampled: list[dict] = []
+    def meter_value(self, context: str = "Sample.Periodic") -> dict[str, Any]:
+        wanted = set(cast(str, self.config["MeterValuesSampledData"][0]).split(","))
+        sampled: list[dict[str, str]] = []
 
         def add(measurand: str, value: str, unit: str, phase: str | None = None,
                 location: str | None = None) -> None:
@@ -339,7 +357,7 @@ class Reboot(Exception):
     """Reset requested: close the connection and boot again."""
 
 
-class SimulatedChargePoint(ChargePoint):
+class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped (Any)
     """The OCPP side of one `Charger` over one WebSocket connection."""
 
     def __init__(self, charger: Charger, ws: Any):
@@ -366,7 +384,7 @@ class SimulatedChargePoint(ChargePoint):
             connector_id=connector, error_code="NoError", status=status, timestamp=utc_now()))
 
     async def send_meter_values(self, context: str = "Sample.Periodic",
-                                sample: dict | None = None) -> None:
+                                sample: dict[str, Any] | None = None) -> None:
         ch = self.ch
         tx_id = ch.tx.id if ch.tx else None
         await self.send(call.MeterValues(connector_id=1, transaction_id=tx_id,
@@ -483,7 +501,7 @@ class SimulatedChargePoint(ChargePoint):
         ch.operate()
         # A meter reads its register and its clock at one instant: take the sample now,
         # not after the status round trip (under load that took 100s of ms at 11 kW).
-        sample = ch.meter_value()
+        sample: dict[str, Any] | None = ch.meter_value()
         reported = ch.status
         await self.send_status(1)
         await self.send_meter_values(sample=sample)
@@ -564,7 +582,7 @@ class SimulatedChargePoint(ChargePoint):
 
     @on("RemoteStartTransaction")
     def on_remote_start(self, id_tag: str, connector_id: int | None = None,
-                        charging_profile: dict | None = None,
+                        charging_profile: dict[str, Any] | None = None,
                         **_: Any) -> call_result.RemoteStartTransaction:
         self._count("RemoteStartTransaction")
         ch = self.ch
@@ -589,7 +607,7 @@ class SimulatedChargePoint(ChargePoint):
         self._wake()
         return call_result.RemoteStopTransaction(status="Accepted")
 
-    def _install(self, connector_id: int, body: dict) -> None:
+    def _install(self, connector_id: int, body: dict[str, Any]) -> None:
         ch = self.ch
         profile = Profile(int(body["charging_profile_id"]), connector_id,
                           body["charging_profile_purpose"], int(body["stack_level"]), body,
@@ -601,7 +619,8 @@ class SimulatedChargePoint(ChargePoint):
         ch.profiles[profile.id] = profile
 
     @on("SetChargingProfile")
-    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict,
+    def on_set_charging_profile(self, connector_id: int,
+                                cs_charging_profiles: dict[str, Any],
                                 **_: Any) -> call_result.SetChargingProfile:
         self._count("SetChargingProfile")
         ch, body = self.ch, cs_charging_profiles
@@ -712,7 +731,7 @@ class SimulatedChargePoint(ChargePoint):
             await self.send(call.FirmwareStatusNotification(status="Idle"))
 
     @on("GetConfiguration")
-    def on_get_configuration(self, key: list | None = None,
+    def on_get_configuration(self, key: list[str] | None = None,
                              **_: Any) -> call_result.GetConfiguration:
         self._count("GetConfiguration")
         config = self.ch.config
@@ -822,9 +841,9 @@ async def run_station(charger: Charger, stop: asyncio.Event) -> StationStats:
     while not stop.is_set():
         rebooting = False
         try:
-            async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=10,
-                                          ping_interval=None, additional_headers=headers,
-                                          ssl=tls) as ws:
+            async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")],
+                                          open_timeout=10, ping_interval=None,
+                                          additional_headers=headers, ssl=tls) as ws:
                 charger.stats.connects += 1
                 backoff = 1.0
                 log.info("%s connected to %s", charger.station, url)
@@ -874,8 +893,8 @@ async def simulate(cfg: SimConfig, stop: asyncio.Event | None = None) -> list[St
 
 
 # --- command line ----------------------------------------------------------------------
-def _positive(kind: type):
-    def parse(text: str):
+def _positive(kind: Callable[[str], _N]) -> Callable[[str], _N]:
+    def parse(text: str) -> _N:
         value = kind(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")

@@ -25,7 +25,7 @@ from ocpp2mqtt.measurands import aggregate
 DEFAULT_CONTEXT = "Sample.Periodic"  # OCPP: the context of a sampled value that names none
 
 ConnectorTopicsMode = Literal["auto", "always", "never"]
-Value = str | int | float | bool | dict | list | None
+Value = str | int | float | bool | dict[str, Any] | list[Any] | None
 
 
 class Key(NamedTuple):

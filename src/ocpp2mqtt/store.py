@@ -62,7 +62,7 @@ class Store:
         """A random id made once per data directory: a stable, unique MQTT client id."""
         row = self._db.execute("SELECT value FROM meta WHERE key='instance_id'").fetchone()
         if row:
-            return row[0]
+            return str(row[0])
         value = uuid.uuid4().hex[:12]
         self._db.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?)", (value,))
         return value
@@ -84,7 +84,8 @@ class Store:
             " VALUES (?, ?, ?, ?, ?)",
             (station, connector_id, id_tag, meter_start, started_at),
         )
-        return int(cur.lastrowid)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
 
     def stop_transaction(
         self, station: str, transaction_id: int, meter_stop: int, stopped_at: str, reason: str

@@ -68,7 +68,7 @@ class BridgeResponse:
     """The answer to a `<basepath>/bridge/request/<name>` request."""
 
     status: str  # "ok" | "error"
-    data: dict
+    data: dict[str, Any]
     error: str | None = None
 
 
@@ -87,7 +87,7 @@ class Context(Protocol):
     def subscribe(self, topic_filter: str,
                   handler: Callable[[Incoming], None]) -> Callable[[], None]: ...
 
-    async def call(self, station: str, action: str, payload: dict) -> Any: ...
+    async def call(self, station: str, action: str, payload: dict[str, Any]) -> Any: ...
 
     def state(self, station: str) -> StationState | None: ...
 
@@ -116,7 +116,7 @@ class GatewayContext:
     topics: Topics
     publish_fn: Callable[..., None]
     subscribe_fn: Callable[[str, Callable[[Incoming], None]], Callable[[], None]]
-    call_fn: Callable[[str, str, dict], Awaitable[Any]]
+    call_fn: Callable[[str, str, dict[str, Any]], Awaitable[Any]]
     stations_: Stations
     now_fn: Callable[[], str]
     spawn_fn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -139,7 +139,7 @@ class GatewayContext:
 
         return self.subscribe_fn(topic_filter, guarded)
 
-    async def call(self, station: str, action: str, payload: dict) -> Any:
+    async def call(self, station: str, action: str, payload: dict[str, Any]) -> Any:
         return await self.call_fn(station, action, payload)
 
     def state(self, station: str) -> StationState | None:

@@ -205,8 +205,8 @@ class _Station:
     boot: dict[str, str] = field(default_factory=dict)  # device fields from BootNotification
     booted: bool = False
     removed: bool = False  # by remove_station, until the station connects again
-    recovered: dict = field(default_factory=dict)  # components from retained documents
-    recovered_device: dict = field(default_factory=dict)
+    recovered: dict[str, Any] = field(default_factory=dict)  # components from retained documents
+    recovered_device: dict[str, Any] = field(default_factory=dict)
     broker: str | None = None  # the document the broker holds, as far as we know
     echoes: list[str] = field(default_factory=list)  # published, not yet seen back
 
@@ -332,7 +332,7 @@ class HomeAssistantExtension(BaseExtension):
             st.recovered_device.update(device)
 
     # --- the discovery document ------------------------------------------------------
-    def document(self, st: _Station) -> dict:
+    def document(self, st: _Station) -> dict[str, Any]:
         t = self.ctx.topics
         device = {**st.recovered_device, "identifiers": [st.uid], "name": st.name, **st.boot}
         return {
@@ -348,10 +348,10 @@ class HomeAssistantExtension(BaseExtension):
             "components": {**st.recovered, **self.components(st)},
         }
 
-    def components(self, st: _Station) -> dict[str, dict]:
+    def components(self, st: _Station) -> dict[str, dict[str, Any]]:
         state = self.ctx.state(st.name)
         multi = len(st.connectors) > 1
-        out: dict[str, dict] = {}
+        out: dict[str, dict[str, Any]] = {}
         for key in sorted(st.seen, key=state_subtopic):
             config = self._state_component(st, state, key)
             if config is not None:
@@ -363,7 +363,7 @@ class HomeAssistantExtension(BaseExtension):
         return out
 
     def _state_component(self, st: _Station, state: StationState | None,
-                         key: Key) -> dict | None:
+                         key: Key) -> dict[str, Any] | None:
         label = ""
         if key.connector is not None:
             label = "Charge point " if key.connector == 0 else f"Connector {key.connector} "
@@ -428,7 +428,7 @@ class HomeAssistantExtension(BaseExtension):
         return None
 
     def _control_components(self, st: _Station, control: Control,
-                            multi: bool) -> list[tuple[str, dict]]:
+                            multi: bool) -> list[tuple[str, dict[str, Any]]]:
         if control.per_connector:
             targets = [(n, f"{control.id}_{n}") for n in sorted(st.connectors or {1})]
         else:
@@ -456,6 +456,7 @@ class HomeAssistantExtension(BaseExtension):
                 config["payload_off"] = _command(control.off_action or control.action, args)
             else:
                 quoted = control.platform == "select"
+                assert control.value_arg is not None
                 config["command_template"] = _command(
                     control.action, {**args, control.value_arg: PLACEHOLDER}
                 ).replace(f'"{PLACEHOLDER}"', '"{{ value }}"' if quoted else "{{ value }}")
@@ -588,5 +589,5 @@ class HomeAssistantExtension(BaseExtension):
                                      "discovery_topic": self.config_topic(station)})
 
 
-def _command(action: str, args: dict) -> str:
+def _command(action: str, args: dict[str, Any]) -> str:
     return orjson.dumps({"action": action, "args": args}).decode()

@@ -79,7 +79,8 @@ class Outbox:
                     "INSERT INTO outbox (essential, size, body) VALUES (?, ?, ?)",
                     (int(essential), len(body), body),
                 )
-                seq = int(cur.lastrowid)
+                assert cur.lastrowid is not None
+                seq = cur.lastrowid
                 seqs.append(seq)
                 self._sizes[seq] = len(body)
                 self.rows += 1

@@ -62,7 +62,7 @@ class MqttTransport:
         self._loop_thread = 0
         self._subscriptions: set[str] = set()
         self._pending_subscribe: dict[int, str] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._lost = asyncio.Event()
         self._stopping = False
         self._offline_mid: int | None = None
@@ -301,7 +301,7 @@ class MqttTransport:
         """Hand one message to paho; its message id (for `on_ack`), or None if refused."""
         properties = None
         if correlation_data is not None and self.v5:
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=qos, retain=retain,
                                     properties=properties)

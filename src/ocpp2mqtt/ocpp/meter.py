@@ -53,7 +53,7 @@ def normalise(sampled: Mapping[str, Any]) -> Reading | None:
     return Reading(key, measurand, phase_key, number, unit, context, location, False)
 
 
-def _priority_order(sampled_values: list) -> list:
+def _priority_order(sampled_values: list[Any]) -> list[Any]:
     if any(isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS
            for s in sampled_values):
         return sorted(sampled_values, key=lambda s: not (
@@ -68,7 +68,7 @@ def samples(entries: Iterable[Mapping[str, Any]]) -> list[Sample]:
     value per entry); values of another moment (Transaction.Begin, …) come first in
     their sample, so the live value of a key is the one that stays.
     """
-    merged: list[tuple[Any, list]] = []
+    merged: list[tuple[Any, list[Any]]] = []
     for entry in entries:
         timestamp = entry.get("timestamp")
         sampled = list(entry.get("sampledValue", ()))

@@ -86,7 +86,7 @@ class FrameError(Exception):
 class Call:
     unique_id: str
     action: str
-    payload: dict
+    payload: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -139,9 +139,10 @@ def _bound_integers(schema: Any) -> Any:
 
 
 @cache
-def load_schema(name: str) -> dict:
-    text = resources.files("ocpp.v16").joinpath("schemas", f"{name}.json").read_text("utf-8-sig")
-    return json.loads(text)
+def load_schema(name: str) -> dict[str, Any]:
+    path = resources.files("ocpp.v16") / "schemas" / f"{name}.json"
+    schema: dict[str, Any] = json.loads(path.read_text("utf-8-sig"))
+    return schema
 
 
 @cache
@@ -153,8 +154,8 @@ def validator(name: str) -> Callable[[Any], Any]:
 
 def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> ocpp_errors.OCPPError:
     """Map a schema violation to the OCPP-J CALLERROR the `ocpp` package would use."""
-    field = exc.name.removeprefix("data").lstrip(".") or "payload"
-    cause = exc.message.replace("data.", "").replace("data ", "payload ")
+    field = (exc.name or "").removeprefix("data").lstrip(".") or "payload"
+    cause = str(exc.message).replace("data.", "").replace("data ", "payload ")
     details = {"cause": cause, "field": field}
     rule = exc.rule
     if rule in ("minimum", "maximum") and exc.rule_definition in (INT64_MIN, INT64_MAX):
@@ -355,7 +356,7 @@ def check_answer(action: str, payload: Any, lenient: bool = True) -> None:
                             payload) from None
 
 
-def encode_result(unique_id: str, payload: dict) -> str:
+def encode_result(unique_id: str, payload: dict[str, Any]) -> str:
     return orjson.dumps([CALLRESULT, unique_id, payload]).decode()
 
 
@@ -366,7 +367,7 @@ def encode_error(unique_id: str, error: ocpp_errors.OCPPError) -> str:
     return orjson.dumps([CALLERROR, unique_id, error.code, description, details]).decode()
 
 
-def encode_call(unique_id: str, action: str, payload: dict) -> str:
+def encode_call(unique_id: str, action: str, payload: dict[str, Any]) -> str:
     return orjson.dumps([CALL, unique_id, action, payload]).decode()
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from ocpp2mqtt import __version__
 from ocpp2mqtt import events as ev
@@ -120,8 +121,10 @@ class OcppServer:
         return None
 
     @staticmethod
-    def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
-        return protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None
+    def _select_subprotocol(connection: ServerConnection,
+                            offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        wanted = Subprotocol(protocol.SUBPROTOCOL)
+        return wanted if wanted in offered else None
 
     # --- connections --------------------------------------------------------------------
     async def _handle_connection(self, ws: ServerConnection) -> None:

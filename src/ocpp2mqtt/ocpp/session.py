@@ -61,7 +61,7 @@ class SessionServices:
     durability: Durability
 
 
-Handler = Callable[["Session", dict, str], dict]
+Handler = Callable[["Session", dict[str, Any], str], dict[str, Any]]
 
 
 class Session:
@@ -168,7 +168,7 @@ class Session:
         return protocol.encode_result(call.unique_id, payload)
 
     # --- outgoing calls ----------------------------------------------------------
-    async def call(self, action: str, payload: dict, timeout: float) -> Any:
+    async def call(self, action: str, payload: dict[str, Any], timeout: float) -> Any:
         """Send a CALL and wait for its answer (raises CallErrorReceived, TimeoutError)."""
         unique_id = f"{next(self._ids)}"
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

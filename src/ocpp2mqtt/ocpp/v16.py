@@ -9,6 +9,7 @@ numbers in published units (ocpp/meter.py).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.ocpp import meter
@@ -19,13 +20,13 @@ log = logging.getLogger("ocpp2mqtt.session")
 VERSION = "1.6"
 
 
-def _authorize(s: Session, p: dict, now: str) -> dict:
+def _authorize(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     status = s.services.authorizer.status(s.station, p["idTag"])
     s.services.emit(ev.Authorized(s.station, now, id_tag=p["idTag"], status=status))
     return {"idTagInfo": {"status": status}}
 
 
-def _boot_notification(s: Session, p: dict, now: str) -> dict:
+def _boot_notification(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     info = ev.BootInfo(
         vendor=p["chargePointVendor"], model=p["chargePointModel"],
         firmware_version=p.get("firmwareVersion"),
@@ -39,25 +40,25 @@ def _boot_notification(s: Session, p: dict, now: str) -> dict:
             "interval": s.services.settings.heartbeat_interval}
 
 
-def _data_transfer(s: Session, p: dict, now: str) -> dict:
+def _data_transfer(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     s.services.emit(ev.DataTransferred(s.station, now, vendor_id=p["vendorId"],
                                        message_id=p.get("messageId"), data=p.get("data")))
     return {"status": "Accepted"}
 
 
-def _diagnostics_status(s: Session, p: dict, now: str) -> dict:
+def _diagnostics_status(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     s.services.emit(ev.NotificationReceived(s.station, now, kind="diagnostics_status",
                                             status=p["status"]))
     return {}
 
 
-def _firmware_status(s: Session, p: dict, now: str) -> dict:
+def _firmware_status(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     s.services.emit(ev.NotificationReceived(s.station, now, kind="firmware_status",
                                             status=p["status"]))
     return {}
 
 
-def _heartbeat(s: Session, p: dict, now: str) -> dict:
+def _heartbeat(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     s.services.emit(ev.Heartbeat(s.station, now))
     return {"currentTime": now}
 
@@ -82,7 +83,7 @@ def _foreign_transaction(s: Session, tx_id: int, action: str) -> None:
     s.services.metrics.foreign_transactions.inc()
 
 
-def _meter_values(s: Session, p: dict, now: str) -> dict:
+def _meter_values(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     tx_id = p.get("transactionId")
     if tx_id is not None and not _owns_transaction(s, tx_id, "MeterValues"):
         tx_id = None
@@ -94,7 +95,7 @@ def _meter_values(s: Session, p: dict, now: str) -> dict:
     return {}
 
 
-def _start_transaction(s: Session, p: dict, now: str) -> dict:
+def _start_transaction(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     services = s.services
     status = services.authorizer.status(s.station, p["idTag"])
     tx_id = services.store.start_transaction(
@@ -108,7 +109,7 @@ def _start_transaction(s: Session, p: dict, now: str) -> dict:
     return {"transactionId": tx_id, "idTagInfo": {"status": status}}
 
 
-def _status_notification(s: Session, p: dict, now: str) -> dict:
+def _status_notification(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     s.services.emit(ev.StatusChanged(
         s.station, now, connector_id=p["connectorId"], status=p["status"],
         error_code=p["errorCode"], info=p.get("info"),
@@ -118,7 +119,7 @@ def _status_notification(s: Session, p: dict, now: str) -> dict:
     return {}
 
 
-def _stop_transaction(s: Session, p: dict, now: str) -> dict:
+def _stop_transaction(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     services = s.services
     tx_id = p["transactionId"]
     reason = p.get("reason", "Local")
