@@ -97,7 +97,12 @@ async def test_station_moves_between_replicas(two_replicas, broker, basepath):
         await on_b.close()
         await rec.wait_for(f"{prefix}/state/connection_state", "DISCONNECTED")
         pending = asyncio.ensure_future(command({"action": "reset", "args": {"type": "Soft"}}))
-        await rec.wait_for(f"{prefix}/cmd", None)
+        # The command is on the broker (B, lingering, has it) before the charger is back.
+        for _ in range(500):
+            if cids and any(cids[-1] in v for v in rec.values(f"{prefix}/cmd")):
+                break
+            await asyncio.sleep(0.01)
+        assert any(cids[-1] in v for v in rec.values(f"{prefix}/cmd"))
         back_on_a = await connect_station(url_a, "MOVER")
         found = await pending
         assert [r["status"] for r in found] == ["ok"], found
@@ -113,3 +118,31 @@ async def test_station_moves_between_replicas(two_replicas, broker, basepath):
         await on_a.close()
     finally:
         rec.close()
+
+
+async def test_a_handed_over_copy_of_a_command_that_already_ran_is_dropped(
+        gateway, url, recorder, basepath):
+    """A replica may hear a command itself *and* get it handed over by the replica the
+    station left (docs/scaling.md): it runs it once."""
+    from tests.helpers import connect_station as connect
+
+    prefix = f"{basepath}/DEDUP"
+    st = await connect(url, "DEDUP")
+    try:
+        await gateway.mqtt.wait_subscribed(f"{prefix}/cmd")
+        original = orjson.dumps({"id": "d-1", "action": "reset", "args": {"type": "Soft"}})
+        recorder.publish(f"{prefix}/cmd", original)
+        assert (await results_for(recorder, f"{prefix}/cmd_result", "d-1"))[0]["status"] == "ok"
+        copy = orjson.dumps({"handed_over": "other-replica", "command": original.decode()})
+        recorder.publish(f"{prefix}/cmd", copy)
+        # a command that did not run here yet, handed over: it runs
+        fresh = orjson.dumps({"id": "d-2", "action": "clear_cache"})
+        recorder.publish(f"{prefix}/cmd", orjson.dumps(
+            {"handed_over": "other-replica", "command": fresh.decode()}))
+        assert (await results_for(recorder, f"{prefix}/cmd_result", "d-2"))[0]["status"] == "ok"
+        # the copy of d-1 came before d-2's copy on the same topic: it was dropped
+        assert len(await results_for(recorder, f"{prefix}/cmd_result", "d-1", 0)) == 1
+        assert sum(1 for r in st.cp.received if r.action == "Reset") == 1
+        assert sum(1 for r in st.cp.received if r.action == "ClearCache") == 1
+    finally:
+        await st.close()
