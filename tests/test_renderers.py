@@ -285,3 +285,14 @@ async def test_remove_station_request():
     ctx.tick()
     comps = ctx.last(CONFIG)["components"]
     assert "connection_state" in comps and "restart" not in comps
+
+
+def test_the_extension_example_in_the_docs_runs():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/architecture.md", "exec"), namespace)
+    host, ctx = host_with(namespace["PowerAlarm"]())
+    host.emit(reading(1, [three_phase_meter_value(TS)]))  # 11.04 kW
+    assert ctx.published == [("ocpp/CP1/alarm", "over 11 kW", False)]
+    assert host.errors == []  # type: ignore[attr-defined]

@@ -113,8 +113,10 @@ class StationState:
 
 @dataclass(slots=True)
 class StateUpdate:
-    """What one event wrote. `structural`: something new to describe appeared (a key, a
-    phase, a unit, a connector, boot information) — Home Assistant discovery looks then."""
+    """What one event wrote and is shown, in order (per-connector values are recorded
+    always, but are changes only while shown). `structural`: something new to describe
+    appeared (a key, a phase, a unit, a connector, boot information) — Home Assistant
+    discovery looks then."""
 
     changes: list[Change] = field(default_factory=list)
     structural: bool = False
@@ -137,7 +139,8 @@ class _Writer:
         if name not in values:
             self.update.structural = True
         values[name] = value
-        self.update.changes.append((Key(name, None, connector), value))
+        if connector is None or self.state.shows(connector, name):
+            self.update.changes.append((Key(name, None, connector), value))
 
     def _connector(self, connector: int) -> ConnectorState:
         holder = self.state.connectors.get(connector)
@@ -174,57 +177,71 @@ class _Writer:
                 if m.signed_data is not None:
                     changes.append((Key(name, None, n, True), m.signed_data))
 
-    def sample(self, sample: ev.Sample, connector: int | None) -> None:
-        """The readings of one instant, into the station's or one connector's meter."""
-        if connector is None:
-            meter = self.state.meter
-        else:
-            meter = self._connector(connector).meter
-        changes = self.update.changes
+    def sample(self, sample: ev.Sample, connector: int) -> None:
+        """The readings of one instant, into the station's meter and the connector's."""
+        readings = sample.readings
         phases: dict[str, list[float]] = {}
         plain: set[str] = set()
-        touched: dict[str, Measurement] = {}
+        for r in readings:
+            if r.signed:
+                continue
+            if r.phase is None:
+                plain.add(r.key)
+            elif r.phase != "n":
+                phases.setdefault(r.key, []).append(float(r.value))
+        totals = [(key, aggregate(key, values)) for key, values in phases.items()
+                  if key not in plain]
+        self._readings(self.state.meter, sample, totals, None)
+        # Per-connector readings are always recorded; they are changes only when shown.
+        self._readings(self._connector(connector).meter, sample, totals,
+                       connector if self.state.connector_topics else False)
+
+    def _readings(self, meter: dict[str, Measurement], sample: ev.Sample,
+                  totals: list[tuple[str, float]], connector: int | Literal[False] | None
+                  ) -> None:
+        """Write one sample into `meter`; record changes unless `connector` is False."""
+        update = self.update
+        changes = update.changes if connector is not False else None
+        where = connector if connector is not False else None
+        timestamp = sample.timestamp
         for r in sample.readings:
             m = meter.get(r.key)
             if m is None:
                 m = meter[r.key] = Measurement(r.measurand)
-                self.update.structural = True
-            touched[r.key] = m
+                update.structural = True
             if r.signed:
                 text = str(r.value)
                 if r.phase is None:
                     m.signed_data = text
                 else:
                     m.phases_signed_data[r.phase] = text
-                changes.append((Key(r.key, r.phase, connector, True), text))
-                continue
-            number = float(r.value)
-            if r.phase is None:
-                m.value = number
-                plain.add(r.key)
+                if changes is not None:
+                    changes.append((Key(r.key, r.phase, where, True), text))
             else:
-                if r.phase not in m.phases:
-                    self.update.structural = True
-                m.phases[r.phase] = number
-                if r.phase != "n":
-                    phases.setdefault(r.key, []).append(number)
-            changes.append((Key(r.key, r.phase, connector), number))
-        for key, values in phases.items():
-            if key not in plain:
-                total = aggregate(key, values)
-                meter[key].value = total
-                changes.append((Key(key, None, connector), total))
+                number = float(r.value)
+                if r.phase is None:
+                    m.value = number
+                else:
+                    if r.phase not in m.phases:
+                        update.structural = True
+                    m.phases[r.phase] = number
+                if changes is not None:
+                    changes.append((Key(r.key, r.phase, where), number))
+        for key, total in totals:
+            meter[key].value = total
+            if changes is not None:
+                changes.append((Key(key, None, where), total))
         for r in sample.readings:
-            m = touched[r.key]
+            m = meter[r.key]
             if r.unit is not None and r.unit != m.unit:
-                self.update.structural = True
+                update.structural = True
                 m.unit = r.unit
             m.measurand = r.measurand
             m.context = r.context or DEFAULT_CONTEXT
             if r.location is not None:
                 m.location = r.location
-            if sample.timestamp is not None:
-                m.timestamp = sample.timestamp
+            if timestamp is not None:
+                m.timestamp = timestamp
 
 
 def apply(state: StationState, event: ev.Event) -> StateUpdate:
@@ -291,7 +308,6 @@ def _status(w: _Writer, e: ev.StatusChanged) -> None:
 def _meter(w: _Writer, e: ev.MeterReading) -> None:
     w.see_connector(e.connector_id)
     for sample in e.samples:
-        w.sample(sample, None)
         w.sample(sample, e.connector_id)
         if sample.timestamp is not None:
             w.set("meter_timestamp", sample.timestamp)

@@ -12,29 +12,42 @@ import orjson
 
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.extensions import BaseExtension, Context
-from ocpp2mqtt.state import Change, StateUpdate, StationState, is_essential
+from ocpp2mqtt.state import Change, Key, StateUpdate, StationState, is_essential
 from ocpp2mqtt.topics import state_subtopic
 
 
 def format_number(value: float) -> str:
-    value = round(value, 6)  # round first: 1.001 kWh * 1000 = 1000.9999999999999
-    if value == int(value) and abs(value) < 1e15:
+    if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return repr(value)
+    return repr(round(value, 6))  # readings are rounded already; aggregates may not be
 
 
 def format_value(value: Any) -> str:
+    kind = type(value)
+    if kind is float:
+        return format_number(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, int):
+    if kind is int:
         return str(value)
-    if isinstance(value, float):
-        return format_number(value)
-    if isinstance(value, str):
-        return value
     return orjson.dumps(value).decode()
+
+
+_targets: dict[Key, tuple[str, bool]] = {}
+
+
+def _target(key: Key) -> tuple[str, bool]:
+    """(sub-topic, essential) of a key; keys repeat (stations × measurands): remembered."""
+    found = _targets.get(key)
+    if found is None:
+        if len(_targets) > 100_000:
+            _targets.clear()
+        found = _targets[key] = (state_subtopic(key), is_essential(key))
+    return found
 
 
 def render(state: StationState, changes: list[Change]) -> list[tuple[str, str, bool]]:
@@ -43,7 +56,8 @@ def render(state: StationState, changes: list[Change]) -> list[tuple[str, str, b
     for key, value in changes:
         if key.connector is not None and not state.shows(key.connector, key.name):
             continue
-        out.append((state_subtopic(key), format_value(value), is_essential(key)))
+        subtopic, essential = _target(key)
+        out.append((subtopic, format_value(value), essential))
     return out
 
 
