@@ -122,7 +122,7 @@ async def test_action_reaches_charger_and_result_is_published(
     else:
         profile = got.payload["cs_charging_profiles"]
         assert profile["charging_schedule"]["charging_schedule_period"][0]["limit"] == 10.5
-    assert result["action"] == commands._normalise_action(action)
+    assert result["action"] == commands.normalise_action(action)
     assert result["error"] is None
     # The original's plain result topic
     status = await recorder.wait_for(f"{prefix}/cmd_result/status")

@@ -91,9 +91,9 @@ async def test_endpoints_and_metrics_with_connected_stations(settings_factory, r
             reply = orjson.loads(await asyncio.wait_for(raw.recv(), 5))
             assert reply[0] == 4 and reply[1] == "e1"
             error_code = reply[2]
-            # A refused handshake: offers only OCPP 2.0.1.
+            # A refused handshake: offers only OCPP 1.5.
             with pytest.raises(websockets.InvalidStatus):
-                await websockets.connect(f"{url}/HC3", subprotocols=["ocpp2.0.1"])
+                await websockets.connect(f"{url}/HC3", subprotocols=["ocpp1.5"])
             # A command through MQTT, answered by HC1 → command result "ok".
             recorder.publish(f"{basepath}/HC1/cmd",
                              orjson.dumps({"action": "reset", "args": {"type": "Soft"}}))

@@ -100,7 +100,7 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )
-actions = st.sampled_from([*protocol.CHARGER_INITIATED, "Reset", "Nope", ""])
+actions = st.sampled_from([*sorted(protocol.CHARGER_ACTIONS_16), "Reset", "Nope", ""])
 camel_keys = st.sampled_from(["connectorId", "idTag", "meterValue", "status", "errorCode",
                               "chargePointVendor", "chargePointModel", "transactionId",
                               "meterStart", "meterStop", "timestamp", "vendorId", "x"])

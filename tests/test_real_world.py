@@ -37,6 +37,7 @@ CONNECTION_TOPICS = {
     "state/last_seen",
     "state/last_disconnected",
     "state/gateway",  # which replica holds the station: {"id": <instance>, "since": <time>}
+    "state/ocpp_version",  # checked below: every fixture is an OCPP 1.6 charger
 }
 
 
@@ -151,6 +152,8 @@ def check_gateway_clock_topics(published: dict[str, str]) -> list[str]:
         if not is_now(published.get(topic, "")):
             problems.append(f"{topic}: expected the gateway's current time, got "
                             f"{published.get(topic)!r}")
+    if published.get("state/ocpp_version") != "1.6":
+        problems.append(f"state/ocpp_version: {published.get('state/ocpp_version')!r}")
     if published.get("state/connection_state") != "DISCONNECTED":
         problems.append(f"state/connection_state: {published.get('state/connection_state')!r}")
     return problems

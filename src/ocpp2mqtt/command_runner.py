@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -36,6 +38,7 @@ from ocpp2mqtt.mqtt.transport import Incoming
 from ocpp2mqtt.ocpp import protocol
 from ocpp2mqtt.ocpp.server import OcppServer
 from ocpp2mqtt.ocpp.session import CallErrorReceived, Session
+from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import Store
 from ocpp2mqtt.topics import Topics
 
@@ -56,7 +59,8 @@ class CommandRunner:
     def __init__(self, settings: Settings, topics: Topics, server: OcppServer,
                  router: TopicRouter, publisher: DurablePublisher, store: Store,
                  authorizer: Authorizer, emit: Callable[[ev.Event], None], metrics: Metrics,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], instance_id: str):
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], instance_id: str,
+                 stations: Stations):
         self.settings = settings
         self.topics = topics
         self.server = server
@@ -68,6 +72,7 @@ class CommandRunner:
         self.metrics = metrics
         self.spawn = spawn
         self.instance_id = instance_id
+        self.stations = stations
         self.owner_of: Callable[[str], str | None] = lambda station: None  # replicas.py
         self.policy = commands.CurrentLimitPolicy(
             purpose=settings.current_limit_purpose,
@@ -84,6 +89,8 @@ class CommandRunner:
         self._watching: dict[str, Callable[[], None]] = {}  # station → unsubscribe
         self._linger: dict[str, asyncio.TimerHandle] = {}
         self._recent: dict[str, dict[bytes, None]] = {}  # station → digests of commands run
+        # 2.x requests carry an integer id (remoteStartId, requestId): unique across restarts
+        self._request_ids = itertools.count(int(time.time()) % 1_000_000_000)
 
     # --- which command topics we listen to -------------------------------------------
     def start(self) -> None:
@@ -201,12 +208,27 @@ class CommandRunner:
         log.info("%s: command %s → %s%s", target or "?", doc["action"], doc["status"],
                  f" ({doc['error']})" if doc.get("error") else "")
 
+    def version_of(self, station: str) -> protocol.OcppVersion:
+        """The station's OCPP version: its connection's, else the last one it spoke."""
+        session = self.server.sessions.get(station)
+        if session is not None:
+            return session.version
+        state = self.stations.states.get(station)
+        name = state.values.get("ocpp_version") if state is not None else None
+        return protocol.BY_NAME.get(str(name), protocol.V16)
+
     def _facts(self, station: str) -> commands.StationFacts:
-        open_tx = {}
-        for tx in self.store.open_transactions(station):
-            open_tx[tx.connector_id] = tx.id  # later rows (newer) win
+        version = self.version_of(station)
+        open_tx: dict[int, int | str] = {}
+        if version is protocol.V16:
+            for tx in self.store.open_transactions(station):
+                open_tx[tx.connector_id] = tx.id  # later rows (newer) win
+        else:
+            for charger_tx in self.store.open_charger_transactions(station):
+                open_tx[charger_tx.evse_id] = charger_tx.transaction_id
         return commands.StationFacts(open_tx, self.settings.default_id_tag, self.policy,
-                                     now=utc_now())
+                                     now=utc_now(), version=version,
+                                     request_id=next(self._request_ids))
 
     async def _execute(self, station: str, raw: bytes) -> dict[str, Any]:
         target = station or self.server.last_station or ""
@@ -222,7 +244,10 @@ class CommandRunner:
             return commands.result_document(plan, "ok", response={"chargingEnabled": enabled})
         assert plan.ocpp_action is not None
         try:
-            response = await self.call_station(station, plan.ocpp_action, plan.payload)
+            response = await self.call_station(station, plan.ocpp_action, plan.payload,
+                                               plan.version)
+            if plan.respond is not None:
+                response = plan.respond(response)
         except NotConnected as exc:
             return commands.result_document(plan, "not_connected", error=str(exc))
         except CallErrorReceived as exc:
@@ -242,8 +267,12 @@ class CommandRunner:
         return commands.result_document(plan, commands.result_status(response),
                                         response=response)
 
-    async def call_station(self, station: str, action: str, payload: dict[str, Any]) -> Any:
+    async def call_station(self, station: str, action: str, payload: dict[str, Any],
+                           version: protocol.OcppVersion | None = None) -> Any:
         """Send one CALL to a station, one at a time per station; the checked answer.
+
+        `version`: the OCPP version the payload was made for; a station that came back
+        speaking another one gets nothing (NotConnected says so).
 
         Waits for a momentarily disconnected station (OCPP_COMMAND_RETRY_*); raises
         NotConnected, HandedOver, CallErrorReceived, protocol.InvalidAnswer (an answer
@@ -255,12 +284,16 @@ class CommandRunner:
             session = await self._wait_for_session(station)
             if session is None:
                 raise NotConnected(f"station {target or '?'} is not connected")
+            if version is not None and session.version is not version:
+                raise NotConnected(f"station {target or '?'} came back speaking OCPP "
+                                   f"{session.version.name}; send the command again")
             try:
                 answer = await session.call(action, payload,
                                             self.settings.ocpp_response_timeout)
             except ConnectionError as exc:
                 raise NotConnected(str(exc)) from exc
-        protocol.check_answer(action, answer, self.settings.ocpp_lenient_schema)
+        protocol.check_answer(action, answer, session.version,
+                              self.settings.ocpp_lenient_schema)
         return answer
 
     async def _wait_for_session(self, station: str) -> Session | None:

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     default_id_tag: str = Field("ocpp2mqtt", min_length=1, max_length=20)
     station_id_fallback: str = "cp_{ip}"
     ocpp_strict_subprotocol: bool = False
+    # Subprotocols offered to chargers, in order of preference (comma-separated).
+    ocpp_versions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ocpp2.1", "ocpp2.0.1", "ocpp1.6"])
     ocpp_lenient_schema: bool = True
     connector_topics: Literal["auto", "always", "never"] = "auto"
     max_frame_size: int = Field(65536, ge=1024)
@@ -159,6 +162,21 @@ class Settings(BaseSettings):
         # The original documents MQTT_USESTATIONNAME's default as "(empty)".
         if isinstance(value, str) and value.strip() == "":
             return False
+        return value
+
+    @field_validator("ocpp_versions", mode="before")
+    @classmethod
+    def _versions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        known = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
+        if not value:
+            raise ValueError(f"name at least one of {', '.join(known)}")
+        for name in value:
+            if name not in known:
+                raise ValueError(f"{name!r} is not one of {', '.join(known)}")
+        if len(set(value)) != len(value):
+            raise ValueError("names a version twice")
         return value
 
     @field_validator("authorized_tag_id_list", "expected_charge_points", mode="before")

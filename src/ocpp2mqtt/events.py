@@ -45,6 +45,7 @@ class BootInfo:
     meter_serial_number: str | None = None
     iccid: str | None = None
     imsi: str | None = None
+    reason: str | None = None  # 2.0.1: why the station booted (PowerUp, RemoteReset, …)
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class Event:
 class Connected(Event):
     ip: str = ""
     subprotocol: str | None = None
+    ocpp_version: str = "1.6"  # "1.6", "2.0.1", "2.1": negotiated on this connection
     gateway: str = ""  # instance id of the replica that holds the connection
 
 
@@ -77,13 +79,18 @@ class Heartbeat(Event):
 
 @dataclass(slots=True)
 class StatusChanged(Event):
-    connector_id: int = 0
+    """A connector's (1.6) or EVSE's (2.x) status, in the OCPP 1.6 vocabulary."""
+
+    connector_id: int = 0  # 2.x: the EVSE id
     status: str = ""
     error_code: str = ""
     info: str | None = None
     vendor_error_code: str | None = None
     vendor_id: str | None = None
     timestamp: str | None = None
+    # 2.x: the values `status` was derived from
+    connector_status: str | None = None
+    charging_state: str | None = None
 
 
 @dataclass(slots=True)
@@ -98,7 +105,7 @@ class TransactionStarted(Event):
     connector_id: int = 0
     transaction_id: str = ""
     id_tag: str = ""
-    meter_start: int = 0  # Wh
+    meter_start: float | None = 0  # Wh; None: not reported (2.x)
     timestamp: str = ""
     accepted: bool = True
 
@@ -107,8 +114,8 @@ class TransactionStarted(Event):
 class TransactionStopped(Event):
     transaction_id: str = ""
     connector_id: int | None = None  # None: a transaction this gateway does not know
-    meter_start: int | None = None
-    meter_stop: int = 0
+    meter_start: float | None = None
+    meter_stop: float | None = 0  # Wh; None: not reported (2.x)
     reason: str = "Local"
     id_tag: str | None = None
     timestamp: str = ""
@@ -133,6 +140,13 @@ class NotificationReceived(Event):
 
     kind: str = ""  # "diagnostics_status" | "firmware_status"
     status: str = ""
+
+
+@dataclass(slots=True)
+class ConfigurationReported(Event):
+    """Configuration values the station reported (2.x NotifyReport): key → value."""
+
+    values: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -78,7 +78,7 @@ class Gateway:
             Admission(s), self.instance_id, self.spawn)
         self.commands = CommandRunner(s, self.topics, self.server, self.router, self.publisher,
                                       self.store, self.authorizer, self.host.emit, self.metrics,
-                                      self.spawn, self.instance_id)
+                                      self.spawn, self.instance_id, self.stations)
         self.replicas = Replicas(self.topics, self.router, self.server, self.host.emit,
                                  self.instance_id, self.started_at, self.commands.released,
                                  self.spawn)

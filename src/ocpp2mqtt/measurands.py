@@ -8,9 +8,14 @@ has a key.
 from __future__ import annotations
 
 from ocpp.v16.enums import Measurand
+from ocpp.v21.enums import MeasurandEnumType as Measurand21
+from ocpp.v201.enums import MeasurandEnumType as Measurand201
 
-# "Energy.Active.Import.Register" → "energy_active_import_register", "SoC" → "soc".
-MEASURAND_KEYS: dict[str, str] = {m.value: m.name for m in Measurand}
+# "Energy.Active.Import.Register" → "energy_active_import_register", "SoC" → "soc":
+# every measurand of 1.6, 2.0.1 and 2.1 (the `ocpp` package's enum names).
+MEASURAND_KEYS: dict[str, str] = {
+    m.value: m.name for enum in (Measurand21, Measurand201, Measurand) for m in enum
+}
 MEASURANDS_BY_KEY: dict[str, str] = {key: name for name, key in MEASURAND_KEYS.items()}
 
 # Units the charger may send, normalised to the unit we publish (× factor).
@@ -20,6 +25,7 @@ UNIT_SCALE: dict[str, tuple[str, float]] = {
     "kvarh": ("varh", 1000.0),
     "kvar": ("var", 1000.0),
     "kVA": ("VA", 1000.0),
+    "kVAh": ("VAh", 1000.0),
 }
 _OTHER_DEFAULT_UNITS: dict[str, str | None] = {
     "Voltage": "V",
@@ -38,6 +44,8 @@ def default_unit(measurand: str) -> str | None:
     """
     if measurand.startswith("Energy.Reactive"):
         return "varh"
+    if measurand.startswith("Energy.Apparent"):
+        return "VAh"
     if measurand.startswith("Energy"):
         return "Wh"
     if measurand.startswith("Power.Reactive"):

@@ -41,7 +41,8 @@ Change = tuple[Key, Any]
 
 # Values of a StatusNotification: the station-wide one (connector 0) has no plain topic,
 # so it is always shown per connector.
-STATUS_FIELDS = ("status", "error_code", "status_info", "vendor_error_code", "status_vendor_id")
+STATUS_FIELDS = ("status", "error_code", "status_info", "vendor_error_code", "status_vendor_id",
+                 "connector_status", "charging_state")
 _STATUS_NAMES = frozenset(STATUS_FIELDS)
 # What a lost message would cost money or an answer: never dropped from the outbox.
 _ESSENTIAL_NAMES = frozenset({
@@ -254,6 +255,7 @@ def apply(state: StationState, event: ev.Event) -> StateUpdate:
 
 
 def _connected(w: _Writer, e: ev.Connected) -> None:
+    w.set("ocpp_version", e.ocpp_version)
     w.set("connection_state", "CONNECTED")
     w.set("last_connected", e.at)
     w.set("last_seen", e.at)
@@ -276,6 +278,8 @@ def _booted(w: _Writer, e: ev.Booted) -> None:
     for name, value in zip(BOOT_FIELDS, values, strict=True):
         if value is not None:
             w.set(name, value)
+    if info.reason is not None:
+        w.set("boot_reason", info.reason)
     w.set("last_boot", e.at)
     w.set("last_seen", e.at)
 
@@ -294,6 +298,10 @@ def _status(w: _Writer, e: ev.StatusChanged) -> None:
         fields.append(("vendor_error_code", e.vendor_error_code))
     if e.vendor_id is not None:
         fields.append(("status_vendor_id", e.vendor_id))
+    if e.connector_status is not None:
+        fields.append(("connector_status", e.connector_status))
+    if e.charging_state is not None:
+        fields.append(("charging_state", e.charging_state))
     if e.connector_id > 0:  # the plain status is the last one of a real connector
         for name, value in fields:
             w.set(name, value)
@@ -321,7 +329,8 @@ def _tx_started(w: _Writer, e: ev.TransactionStarted) -> None:
     w.set("transaction_id", e.transaction_id)
     w.set("connector_id", e.connector_id)
     w.set("id_tag", e.id_tag)
-    w.set("meter_start", e.meter_start)
+    if e.meter_start is not None:
+        w.set("meter_start", e.meter_start)
     w.set("transaction_start", e.timestamp)
     w.set("last_seen", e.at)
     w.set("transaction_id", e.transaction_id, e.connector_id)
@@ -329,12 +338,13 @@ def _tx_started(w: _Writer, e: ev.TransactionStarted) -> None:
 
 def _tx_stopped(w: _Writer, e: ev.TransactionStopped) -> None:
     w.see_connector(e.connector_id)
-    w.set("meter_stop", e.meter_stop)
+    if e.meter_stop is not None:
+        w.set("meter_stop", e.meter_stop)
     w.set("meter_stop_reason", e.reason)
     w.set("transaction_stop", e.timestamp)
     w.set("last_transaction_id", e.transaction_id)
     w.set("transaction_id", None)
-    if e.meter_start is not None:
+    if e.meter_start is not None and e.meter_stop is not None:
         w.set("session_energy", e.meter_stop - e.meter_start)
     if e.connector_id is not None:
         w.set("transaction_id", None, e.connector_id)

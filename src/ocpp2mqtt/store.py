@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,11 +29,42 @@ CREATE TABLE IF NOT EXISTS transactions (
 CREATE INDEX IF NOT EXISTS transactions_open ON transactions (station, connector_id)
     WHERE meter_stop IS NULL;
 CREATE INDEX IF NOT EXISTS transactions_started ON transactions (station, started_at);
+CREATE TABLE IF NOT EXISTS charger_transactions (
+    station TEXT NOT NULL,
+    transaction_id TEXT NOT NULL,
+    evse_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL DEFAULT '',
+    meter_start REAL,
+    started_at TEXT NOT NULL,
+    last_seq_no INTEGER,
+    last_energy REAL,
+    ended INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (station, transaction_id)
+);
 CREATE TABLE IF NOT EXISTS station_flags (
     station TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (station, key)
 );
 """
+
+
+@dataclass(slots=True)
+class ChargerTransaction:
+    """An OCPP 2.x transaction: its id is the charger's (a string), per station."""
+
+    station: str
+    transaction_id: str
+    evse_id: int
+    id_tag: str
+    meter_start: float | None
+    started_at: str
+    last_seq_no: int | None
+    last_energy: float | None  # the last energy register reading of the transaction (Wh)
+    ended: bool
+
+
+_CHARGER_TX_COLUMNS = ("station, transaction_id, evse_id, id_tag, meter_start, started_at, "
+                       "last_seq_no, last_energy, ended")
 
 
 @dataclass(slots=True)
@@ -138,3 +170,32 @@ class Store:
             " ON CONFLICT (station, key) DO UPDATE SET value=excluded.value",
             (station, key, value),
         )
+
+    # --- OCPP 2.x transactions (the charger names them) ----------------------------------
+    def charger_transaction(self, station: str, transaction_id: str) -> ChargerTransaction | None:
+        row = self._db.execute(
+            f"SELECT {_CHARGER_TX_COLUMNS} FROM charger_transactions"
+            " WHERE station=? AND transaction_id=?", (station, transaction_id)).fetchone()
+        return _charger_tx(row) if row else None
+
+    def save_charger_transaction(self, tx: ChargerTransaction) -> None:
+        self._db.execute(
+            f"INSERT INTO charger_transactions ({_CHARGER_TX_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (station, transaction_id) DO UPDATE SET evse_id=excluded.evse_id,"
+            " id_tag=excluded.id_tag, meter_start=excluded.meter_start,"
+            " last_seq_no=excluded.last_seq_no, last_energy=excluded.last_energy,"
+            " ended=excluded.ended",
+            (tx.station, tx.transaction_id, tx.evse_id, tx.id_tag, tx.meter_start,
+             tx.started_at, tx.last_seq_no, tx.last_energy, int(tx.ended)))
+
+    def open_charger_transactions(self, station: str) -> list[ChargerTransaction]:
+        rows = self._db.execute(
+            f"SELECT {_CHARGER_TX_COLUMNS} FROM charger_transactions"
+            " WHERE station=? AND ended=0 ORDER BY rowid", (station,)).fetchall()
+        return [_charger_tx(row) for row in rows]
+
+
+def _charger_tx(row: tuple[Any, ...]) -> ChargerTransaction:
+    station, tx_id, evse, tag, start, started, seq, energy, ended = row
+    return ChargerTransaction(station, tx_id, evse, tag, start, started, seq, energy, bool(ended))

@@ -50,6 +50,7 @@ from typing import Any
 
 import orjson
 from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus
+from ocpp.v201.enums import ChargingStateEnumType, ConnectorStatusEnumType
 
 from ocpp2mqtt import __version__
 from ocpp2mqtt import events as ev
@@ -104,6 +105,15 @@ STATE_ENTITIES: tuple[StateEntity, ...] = (
                 per_connector=True),
     StateEntity("id_tag", "sensor", "ID tag", icon="mdi:card-account-details"),
     StateEntity("session_energy", "sensor", "Session energy", "energy", unit="Wh"),
+    StateEntity("connector_status", "sensor", "Connector status", "enum", category="diagnostic",
+                per_connector=True,
+                options=(("options", [s.value for s in ConnectorStatusEnumType]),)),
+    StateEntity("charging_state", "sensor", "Charging state", "enum", category="diagnostic",
+                per_connector=True,
+                options=(("options", [s.value for s in ChargingStateEnumType]),)),
+    StateEntity("ocpp_version", "sensor", "OCPP version", category="diagnostic",
+                icon="mdi:protocol"),
+    StateEntity("boot_reason", "sensor", "Boot reason", category="diagnostic"),
     StateEntity("last_boot", "sensor", "Last boot", "timestamp", category="diagnostic"),
     StateEntity("heartbeat", "sensor", "Last heartbeat", "timestamp", category="diagnostic",
                 options=(("enabled_by_default", False),)),
@@ -134,6 +144,7 @@ UNIT_CLASSES: dict[str | None, tuple[str | None, str | None, str | None]] = {
     "var": ("var", "reactive_power", "measurement"),
     "varh": ("varh", None, "total_increasing"),
     "VA": ("VA", "apparent_power", "measurement"),
+    "VAh": ("VAh", None, "total_increasing"),
     "Celsius": ("°C", "temperature", "measurement"),
     "Fahrenheit": ("°F", "temperature", "measurement"),
     "K": ("K", "temperature", "measurement"),

@@ -18,7 +18,6 @@ from http import HTTPStatus
 from pathlib import Path
 
 from ocpp2mqtt.config import ConfigError, Settings
-from ocpp2mqtt.ocpp.protocol import SUBPROTOCOL
 from ocpp2mqtt.ocpp.station_id import InvalidStationId, station_id_from_path
 
 
@@ -113,9 +112,11 @@ class Admission:
                                f"{station}: {problem}",
                                {"WWW-Authenticate": 'Basic realm="ocpp2mqtt"'})
         offered = headers.get("Sec-WebSocket-Protocol")
-        if offered is not None and SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
-            return Refusal(HTTPStatus.BAD_REQUEST, "only ocpp1.6 is supported\n",
-                           f"{station}: offers only {offered[:100]}, we speak ocpp1.6")
+        if offered is not None and not {p.strip() for p in offered.split(",")} & set(
+                s.ocpp_versions):
+            wanted = ", ".join(s.ocpp_versions)
+            return Refusal(HTTPStatus.BAD_REQUEST, f"supported subprotocols: {wanted}\n",
+                           f"{station}: offers only {offered[:100]}, we speak {wanted}")
         if offered is None and s.ocpp_strict_subprotocol:
             return Refusal(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Protocol required\n",
                            f"{station}: no Sec-WebSocket-Protocol (OCPP_STRICT_SUBPROTOCOL)")

@@ -81,3 +81,35 @@ def samples(entries: Iterable[Mapping[str, Any]]) -> list[Sample]:
                [r for r in map(normalise, _priority_order(sampled)) if r is not None])
         for timestamp, sampled in merged
     ]
+
+
+def sampled_2x(sampled: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One OCPP 2.x SampledValue → the 1.6-shaped values `normalise` reads.
+
+    `unitOfMeasure.multiplier` is applied (value × 10^multiplier) before the unit is
+    normalised; a `signedMeterValue` becomes a second, signed value beside the number.
+    """
+    unit = sampled.get("unitOfMeasure") or {}
+    common = {key: sampled[key] for key in ("measurand", "phase", "context", "location")
+              if key in sampled}
+    out: list[dict[str, Any]] = []
+    try:
+        number = float(sampled.get("value"))  # type: ignore[arg-type]
+        multiplier = int(unit.get("multiplier", 0))
+        if -30 <= multiplier <= 30:
+            out.append({**common, "value": round(number * 10.0 ** multiplier, DECIMALS),
+                        **({"unit": unit["unit"]} if unit.get("unit") else {})})
+    except (TypeError, ValueError, OverflowError):
+        pass  # not a number: dropped, like a 1.6 value that is not one
+    signed = sampled.get("signedMeterValue")
+    if isinstance(signed, dict) and isinstance(signed.get("signedMeterData"), str):
+        out.append({**common, "value": signed["signedMeterData"], "format": "SignedData"})
+    return out
+
+
+def samples_2x(entries: Iterable[Mapping[str, Any]]) -> list[Sample]:
+    """OCPP 2.x meterValue entries → one Sample per instant (as `samples`)."""
+    return samples({"timestamp": entry.get("timestamp"),
+                    "sampledValue": [v for sampled in entry.get("sampledValue", ())
+                                     for v in sampled_2x(sampled)]}
+                   for entry in entries)

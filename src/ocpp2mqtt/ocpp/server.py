@@ -22,11 +22,13 @@ from ocpp2mqtt import __version__
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.clock import utc_now
 from ocpp2mqtt.config import Settings
-from ocpp2mqtt.ocpp import protocol, v16
+from ocpp2mqtt.ocpp import protocol, v16, v201
 from ocpp2mqtt.ocpp.admission import Admission, Refusal
 from ocpp2mqtt.ocpp.session import Session, SessionServices
 
 log = logging.getLogger("ocpp2mqtt.gateway")
+
+HANDLERS = {"1.6": v16.HANDLERS, "2.0.1": v201.HANDLERS_201, "2.1": v201.HANDLERS_21}
 
 
 class OcppServer:
@@ -120,33 +122,39 @@ class OcppServer:
         connection.ocpp_station = station  # type: ignore[attr-defined]
         return None
 
-    @staticmethod
-    def _select_subprotocol(connection: ServerConnection,
+    def _select_subprotocol(self, connection: ServerConnection,
                             offered: Sequence[Subprotocol]) -> Subprotocol | None:
-        wanted = Subprotocol(protocol.SUBPROTOCOL)
-        return wanted if wanted in offered else None
+        """The first of OCPP_VERSIONS the charger offers (decided anew on every connection:
+        a charger may probe with 1.6 and come back with 2.0.1)."""
+        for wanted in self.settings.ocpp_versions:
+            if wanted in offered:
+                return Subprotocol(wanted)
+        return None
 
     # --- connections --------------------------------------------------------------------
     async def _handle_connection(self, ws: ServerConnection) -> None:
         station: str = ws.ocpp_station  # type: ignore[attr-defined]
         ip = ws.remote_address[0] if ws.remote_address else ""
         if ws.subprotocol is None and station not in self._warned_subprotocol:
+            # No subprotocol offered: OCPP 1.6, as real 1.6 firmware that omits it expects.
             self._warned_subprotocol.add(station)
-            log.warning("%s connected without the ocpp1.6 subprotocol; treating it as OCPP 1.6 "
+            log.warning("%s connected without a subprotocol; treating it as OCPP 1.6 "
                         "(set OCPP_STRICT_SUBPROTOCOL=true to refuse)", station)
         old = self.sessions.get(station)
-        session = Session(self.services, v16.HANDLERS, station, ws, ip)
+        version = protocol.VERSIONS.get(ws.subprotocol or "", protocol.V16)
+        session = Session(self.services, version, HANDLERS[version.name], station, ws, ip)
         self.sessions[station] = session
         self.last_station = station
         if old is not None:
             log.info("%s reconnected; closing its previous connection", station)
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
-        log.info("%s connected from %s", station, ip)
+        log.info("%s connected from %s (OCPP %s)", station, ip, version.name)
         session.connected_at = utc_now(precise=True)
         for callback in self.on_session_start:
             callback(session)
         self.services.emit(ev.Connected(station, session.connected_at, ip=ip,
-                                        subprotocol=ws.subprotocol, gateway=self.gateway_id))
+                                        subprotocol=ws.subprotocol, ocpp_version=version.name,
+                                        gateway=self.gateway_id))
         await self._notify()
         try:
             await session.run()

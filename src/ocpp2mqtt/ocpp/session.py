@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ocpp import exceptions as ocpp_errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -67,9 +66,10 @@ Handler = Callable[["Session", dict[str, Any], str], dict[str, Any]]
 class Session:
     _ids = itertools.count(1)
 
-    def __init__(self, services: SessionServices, handlers: dict[str, Handler], station: str,
-                 ws: ServerConnection, ip: str):
+    def __init__(self, services: SessionServices, version: protocol.OcppVersion,
+                 handlers: dict[str, Handler], station: str, ws: ServerConnection, ip: str):
         self.services = services
+        self.version = version
         self.handlers = handlers
         self.station = station
         self.ws = ws
@@ -77,7 +77,8 @@ class Session:
         self.pending: dict[str, asyncio.Future[Any]] = {}
         self.connected_at = ""
         self.taken_over = False  # another gateway replica has this station now
-        self.owned_transactions: dict[int, bool] = {}  # transaction id → this station's?
+        self.owned_transactions: dict[int, bool] = {}  # 1.6 transaction id → this station's?
+        self.memory: Any = None  # what a version's handlers remember about the station
 
     # --- receive loop ---------------------------------------------------------------
     async def run(self) -> None:
@@ -134,13 +135,18 @@ class Session:
     def handle_frame(self, frame: str) -> str | None:
         """Answer one text frame; returns the frame to send back (or None)."""
         try:
-            msg = protocol.parse_frame(frame)
+            msg = protocol.parse_frame(frame, self.version)
         except protocol.FrameError as exc:
             log.warning("%s: bad frame (%s): %.200s", self.station, exc.error.code, frame)
             self.services.metrics.frame_errors.labels(exc.error.code).inc()
-            return protocol.encode_error(exc.unique_id, exc.error)
+            return protocol.encode_error(exc.unique_id, exc.error, self.version)
         if isinstance(msg, protocol.Call):
-            return self._answer(msg)
+            reply = self._answer(msg)
+            return None if msg.send else reply  # an OCPP 2.1 SEND is never answered
+        if isinstance(msg, protocol.CallError) and msg.after_result:
+            log.warning("%s: our answer to its call %r was refused: %s %s", self.station,
+                        msg.unique_id, msg.code, msg.description)
+            return None
         fut = self.pending.pop(msg.unique_id, None)
         if fut is None or fut.done():
             log.warning("%s: answer to unknown call id %r ignored", self.station, msg.unique_id)
@@ -152,18 +158,19 @@ class Session:
         return None
 
     def _answer(self, call: protocol.Call) -> str:
+        version = self.version
         try:
-            protocol.check_call(call, self.services.settings.ocpp_lenient_schema)
+            protocol.check_call(call, version, self.services.settings.ocpp_lenient_schema)
             payload = self.handlers[call.action](self, call.payload, utc_now())
-        except ocpp_errors.OCPPError as exc:
-            details = exc.details if isinstance(exc.details, dict) else {}
+        except protocol.CallErrorReply as exc:
             log.warning("%s: %s rejected with %s: %s", self.station, call.action, exc.code,
-                        details.get("cause", exc.description))
+                        exc.details.get("cause", ""))
             self.services.metrics.frame_errors.labels(exc.code).inc()
-            return protocol.encode_error(call.unique_id, exc)
+            return protocol.encode_error(call.unique_id, exc, version)
         except Exception:
             log.exception("%s: internal error handling %s", self.station, call.action)
-            return protocol.encode_error(call.unique_id, ocpp_errors.InternalError())
+            return protocol.encode_error(call.unique_id, version.error(
+                "InternalError", "the gateway failed; see its log"), version)
         self.services.metrics.message_received(call.action)
         return protocol.encode_result(call.unique_id, payload)
 
