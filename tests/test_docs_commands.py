@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from ocpp2mqtt import commands
+from ocpp2mqtt.ocpp import protocol
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 VALID = "Command:"
 INVALID = "Command (invalid):"
+VALID_201 = "Command (OCPP 2.0.1):"
 
 
 def _facts() -> commands.StationFacts:
@@ -88,6 +90,23 @@ def test_command_example_is_valid(body):
     commands.plan(body.encode(), _facts())
 
 
+@pytest.mark.parametrize("body", _examples(VALID_201))
+def test_201_example_is_planned_for_a_201_station(body):
+    """The 2.0.1 examples: valid (or, where the doc shows an error, refused) for 2.0.1."""
+    facts = commands.StationFacts(open_transactions={1: "f3b2c1d0"},
+                                  version=protocol.V201)
+    try:
+        planned = commands.plan(body.encode(), facts)
+    except commands.CommandError as exc:
+        assert "2.0.1" in str(exc), exc
+        return
+    assert planned.ocpp_action and planned.version is protocol.V201
+
+
+def test_there_are_201_examples():
+    assert len(_examples(VALID_201)) >= 8
+
+
 @pytest.mark.parametrize("body", _examples(INVALID))
 def test_invalid_example_is_refused(body):
     with pytest.raises(commands.CommandError):
@@ -111,7 +130,7 @@ def test_unmarked_json_blocks_are_not_commands():
     """A JSON object with "action" but no "status" looks like a command: it must be marked."""
     unmarked = []
     for marker, body, line in _json_blocks():
-        if marker in (VALID, INVALID):
+        if marker in (VALID, INVALID, VALID_201):
             continue
         try:
             doc = json.loads(body)

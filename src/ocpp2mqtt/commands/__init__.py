@@ -95,8 +95,8 @@ def _plan(name: str, action: str, args: dict[str, Any], facts: StationFacts) -> 
     elif translation is not None:
         result = translation(camel, facts)
     else:
-        known = sorted([*actions, *ALIASES, *convenience,
-                        *(v2x.TRANSLATIONS if version is not protocol.V16 else ())])
+        known = sorted({*actions, *ALIASES, *convenience,
+                        *(v2x.TRANSLATIONS if version is not protocol.V16 else ())})
         if version is not protocol.V16 and name in ocpp_actions(protocol.V16):
             raise CommandError(f"{action!r} is an OCPP 1.6 action; this station speaks OCPP "
                                f"{version.name}: known actions: {', '.join(known)}")

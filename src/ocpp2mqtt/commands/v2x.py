@@ -71,13 +71,9 @@ def component_variable(key: Any) -> dict[str, Any]:
     return {"component": {"name": component}, "variable": {"name": variable}}
 
 
-def _key_of(item: dict[str, Any]) -> str:
-    component = item.get("component", {}).get("name", "")
-    variable = item.get("variable", {}).get("name", "")
-    for key, names in CONFIG_KEYS.items():
-        if names == (component, variable):
-            return key
-    return f"{component}/{variable}"
+def _names(item: dict[str, Any]) -> tuple[str, str]:
+    return (str(item.get("component", {}).get("name", "")),
+            str(item.get("variable", {}).get("name", "")))
 
 
 # --- 1.6 commands on a 2.x station ----------------------------------------------------------
@@ -145,20 +141,23 @@ def _get_configuration(args: dict[str, Any], facts: StationFacts) -> Plan:
                     note="the values arrive on config/<Component>/<Variable>")
     if not isinstance(keys, list):
         raise CommandError("get_configuration: key must be a list of configuration keys")
-    return Plan("", None, "GetVariables",
-                {"getVariableData": [component_variable(key) for key in keys]},
-                respond=_configuration_answer)
+    wanted = [component_variable(key) for key in keys]
+    asked = {_names(item): key for item, key in zip(wanted, keys, strict=True)}
 
+    def answer_as_16(answer: Any) -> Any:
+        # The answer names each key as the command did (1.6 name or Component/Variable).
+        known, unknown = [], []
+        for item in answer.get("getVariableResult", ()):
+            names = _names(item)
+            key = asked.get(names, "/".join(names))
+            if item.get("attributeStatus") == "Accepted":
+                known.append({"key": key, "readonly": False,
+                              "value": item.get("attributeValue", "")})
+            else:
+                unknown.append(key)
+        return {"configurationKey": known, "unknownKey": unknown}
 
-def _configuration_answer(answer: Any) -> Any:
-    known, unknown = [], []
-    for item in answer.get("getVariableResult", ()):
-        if item.get("attributeStatus") == "Accepted":
-            known.append({"key": _key_of(item), "readonly": False,
-                          "value": item.get("attributeValue", "")})
-        else:
-            unknown.append(_key_of(item))
-    return {"configurationKey": known, "unknownKey": unknown}
+    return Plan("", None, "GetVariables", {"getVariableData": wanted}, respond=answer_as_16)
 
 
 def _change_configuration(args: dict[str, Any], facts: StationFacts) -> Plan:
