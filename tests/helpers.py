@@ -43,16 +43,33 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 class Mosquitto:
     """A real Mosquitto on a free loopback port; can be stopped and restarted."""
 
     def __init__(self, extra_conf: str = "", port: int | None = None):
+        self.pick_port = port is None  # a free port chosen here may be taken meanwhile
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.dir = tempfile.TemporaryDirectory(prefix="mosq-")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Mosquitto:
+        for _ in range(5):
+            try:
+                return self._start()
+            except PortTaken:
+                # free_port() closes its socket before mosquitto binds: under many parallel
+                # workers another process can take the port in between. Take another one.
+                if not self.pick_port:
+                    raise
+                self.port = free_port()
+        raise RuntimeError("mosquitto found no free port in 5 tries")
+
+    def _start(self) -> Mosquitto:
         conf = Path(self.dir.name) / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
@@ -68,7 +85,10 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
+                error = self.proc.stderr.read().decode()
+                if "Address already in use" in error:
+                    raise PortTaken(error)
+                raise RuntimeError(f"mosquitto exited: {error}")
             with contextlib.suppress(OSError), socket.create_connection(
                 ("127.0.0.1", self.port), 0.2
             ):

@@ -97,8 +97,8 @@ def _install_uvloop() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocpp2mqtt",
-        description="Gateway between OCPP 1.6J charge points and MQTT. Configuration comes "
-        "from environment variables or a .env file (see README).",
+        description="Gateway between OCPP charge points (1.6J, 2.0.1, 2.1) and MQTT. "
+        "Configuration comes from environment variables or a .env file (see README).",
     )
     parser.add_argument("--version", action="version", version=f"ocpp2mqtt {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the configuration and print it (no secrets)")
     from ocpp2mqtt import simulator
 
-    simulator.add_arguments(sub.add_parser("simulate", help="simulate OCPP 1.6 charge points"))
+    simulator.add_arguments(sub.add_parser(
+        "simulate", help="simulate OCPP charge points (1.6, 2.0.1 or 2.1)"))
     return parser
 
 

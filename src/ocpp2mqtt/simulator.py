@@ -1,8 +1,9 @@
-"""`ocpp2mqtt simulate`: OCPP 1.6J charge point simulator (issue 7).
+"""`ocpp2mqtt simulate`: OCPP 1.6J, 2.0.1 and 2.1 charge point simulator (issue 7).
 
 Runs N simulated charge points (`SIM0001`, `SIM0002`, … with `--prefix SIM`)
 against a central system, each over its own WebSocket with the `ocpp`
-library's v1.6 ChargePoint. Every charge point:
+library's ChargePoint of the version chosen with `--ocpp` (default 1.6),
+offering only that subprotocol. Every 1.6 charge point:
 
 1. boots (BootNotification, retried until Accepted) and reports connector 0
    and connector 1 `Available`;
@@ -20,6 +21,17 @@ library's v1.6 ChargePoint. Every charge point:
    ChangeConfiguration (HeartbeatInterval and MeterValueSampleInterval act
    at once), DataTransfer, ClearCache, GetLocalListVersion.
 
+With `--ocpp 2.0.1` or `--ocpp 2.1` the same station (same physics: the
+`Charger` class) speaks OCPP 2.x: BootNotification, StatusNotification
+(Available/Occupied/Unavailable) for EVSE 1 connector 1, TransactionEvent
+Started/Updated/Ended with a UUID transaction id, seqNo from 0, chargingState
+EVConnected → Charging (or Suspended…), periodic meterValues (unitOfMeasure,
+contexts Transaction.Begin, Sample.Periodic, Transaction.End); it answers
+RequestStart/StopTransaction, Reset (Immediate at once; OnIdle after the
+transaction), UnlockConnector, ChangeAvailability, TriggerMessage,
+Set/ClearChargingProfile, Get/SetVariables and GetBaseReport (→ NotifyReport)
+for a small device model (`DEVICE_MODEL`), DataTransfer.
+
 A lost connection is retried with backoff; a transaction goes on while
 offline and is reported after reconnecting. `--duration` stops after N
 seconds, ending open transactions with reason `Local` (SIGINT/SIGTERM too).
@@ -27,7 +39,7 @@ seconds, ending open transactions with reason `Local` (SIGINT/SIGTERM too).
 URLs use TLS (`--ca-file` for a private CA): OCPP security profiles 1 and 2.
 
     ocpp2mqtt simulate --url ws://127.0.0.1:3000 --stations 10 --interval 5 \
-        --session-seconds 600 --idle-seconds 60
+        --session-seconds 600 --idle-seconds 60 [--ocpp 2.0.1]
 
 Programmatic use (tests): `await simulate(SimConfig(...), stop_event)`.
 """
@@ -44,17 +56,21 @@ import random
 import signal
 import ssl
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
 import websockets
-from ocpp.exceptions import OCPPError
+from ocpp import v21, v201
+from ocpp.exceptions import NotSupportedError, OCPPError
 from ocpp.routing import after as _after
 from ocpp.routing import on as _on
 from ocpp.v16 import ChargePoint, call, call_result
+from ocpp.v21.enums import Action as Action21
+from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
@@ -104,6 +120,7 @@ class SimConfig:
     password: str | None = None  # HTTP Basic auth (security profile 1); user = station id
     ca_file: str | None = None  # for wss:// with a private CA
     insecure: bool = False  # wss:// without certificate verification (testing only)
+    ocpp: str = "1.6"  # "1.6", "2.0.1" or "2.1": the only subprotocol offered
 
     def station_ids(self) -> list[str]:
         return [f"{self.prefix}{i:04d}" for i in range(1, self.stations + 1)]
@@ -142,13 +159,15 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 @dataclass
 class Transaction:
-    id: int
+    id: int | str  # 1.6: the central system's number; 2.x: the station's UUID
     id_tag: str
-    meter_start: int
+    meter_start: float  # Wh (an int in 1.6)
     started_wall: datetime
     started: float  # monotonic
     ends_at: float  # monotonic: when the car leaves
     stop_reason: str | None = None
+    seq_no: int = 0  # 2.x: the next TransactionEvent's seqNo
+    remote_start_id: int | None = None  # 2.x: of the RequestStartTransaction that began it
 
 
 @dataclass
@@ -181,7 +200,11 @@ class Charger:
         self.profiles: dict[int, Profile] = {}
         self.pending_tx_profile: dict[str, Any] | None = None  # from RemoteStartTransaction
         self.remote_start: str | None = None  # idTag of an accepted remote start
-        self.reset: str | None = None  # "Soft" / "Hard" once requested
+        self.remote_start_id: int | None = None  # 2.x: its remoteStartId
+        self.remote_token_type = "Central"  # 2.x: its idToken type
+        self.reset: str | None = None  # "Soft" / "Hard" (2.x: "Immediate", …) once requested
+        self.pending_reset: str | None = None  # 2.x: "OnIdle", applies when the tx ends
+        self.boot_reason = "PowerUp"  # 2.x: of the next BootNotification
         self.voltages = [cfg.voltage + rng.uniform(-2, 2) for _ in range(3)]
         self.currents = [0.0, 0.0, 0.0]
         self.offered = 0.0
@@ -216,7 +239,125 @@ class Charger:
     def flag(self, key: str) -> bool:
         return cast(str, self.config[key][0]).lower() == "true"
 
+    def change_config(self, key: str, value: str) -> str:
+        """Set one configuration key (1.6 ChangeConfiguration, 2.x SetVariables): Accepted,
+        Rejected or NotSupported. Acts at once."""
+        entry = self.config.get(key)
+        if entry is None:
+            return "NotSupported"
+        if entry[1]:
+            return "Rejected"
+        if key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut"):
+            try:
+                number = float(value)
+            except ValueError:
+                return "Rejected"
+            if not math.isfinite(number) or number <= 0:
+                return "Rejected"
+        elif key in ("AuthorizeRemoteTxRequests", "StopTransactionOnInvalidId"):
+            if value.lower() not in ("true", "false"):
+                return "Rejected"
+        elif key == "MeterValuesSampledData":
+            allowed = set(ALL_MEASURANDS.split(","))
+            if not value or not set(value.split(",")) <= allowed:
+                return "Rejected"
+        entry[0] = value
+        if key == "HeartbeatInterval":
+            self.heartbeat_changed.set()
+        self.wake.set()
+        return "Accepted"
+
+    # --- availability, transactions ----------------------------------------------------
+    def idle_status(self) -> str:
+        return "Available" if self.available else "Unavailable"
+
+    def change_availability(self, operative: bool) -> str:
+        """Accepted, or Scheduled: Inoperative during a transaction applies when it ends."""
+        if self.tx is not None and not operative:
+            self.pending_availability = operative
+            return "Scheduled"
+        self.available, self.pending_availability = operative, None
+        return "Accepted"
+
+    def apply_pending_availability(self) -> bool:
+        """After a transaction: apply a scheduled availability change; True if there was one."""
+        if self.pending_availability is None:
+            return False
+        self.available, self.pending_availability = self.pending_availability, None
+        return True
+
+    def begin_transaction(self, tx_id: int | str, id_tag: str, meter_start: float,
+                          started_wall: datetime) -> Transaction:
+        now = time.monotonic()
+        tx = self.tx = Transaction(tx_id, id_tag, meter_start, started_wall, now,
+                                   now + self.cfg.session_seconds)
+        self.stats.sessions_started += 1
+        if self.cfg.soc:
+            self.soc = self.rng.uniform(15.0, 60.0)
+        if self.pending_tx_profile is not None:
+            self.install(1, {**self.pending_tx_profile, "transaction_id": tx.id})
+            self.pending_tx_profile = None
+        return tx
+
+    def end_transaction(self, meter_stop: float, reason: str) -> None:
+        tx = self.tx
+        assert tx is not None
+        self.stats.sessions_completed += 1
+        self.stats.energy_wh += meter_stop - tx.meter_start
+        log.info("%s: transaction %s stopped (%s), %d Wh", self.station, tx.id, reason,
+                 meter_stop - tx.meter_start)
+        self.tx = None
+        self.soc = 0.0
+        for pid in [pid for pid, p in self.profiles.items() if p.purpose == "TxProfile"]:
+            del self.profiles[pid]  # a TxProfile ends with its transaction
+
     # --- smart charging ----------------------------------------------------------
+    # Profiles are kept in the 1.6 shape (snake_case, as the ocpp library hands a 1.6
+    # SetChargingProfile over); 2.x profiles are converted by `_profile_16`.
+    def install(self, connector_id: int, body: dict[str, Any]) -> None:
+        profile = Profile(int(body["charging_profile_id"]), connector_id,
+                          body["charging_profile_purpose"], int(body["stack_level"]), body,
+                          datetime.now(timezone.utc))
+        for pid, old in list(self.profiles.items()):  # same id, or same slot → replaced
+            if pid == profile.id or (old.purpose, old.stack_level, old.connector_id) == (
+                    profile.purpose, profile.stack_level, profile.connector_id):
+                del self.profiles[pid]
+        self.profiles[profile.id] = profile
+
+    def set_profile(self, connector_id: int, body: dict[str, Any]) -> bool:
+        """Install a profile if this charger takes it (the current follows at once)."""
+        purpose = body.get("charging_profile_purpose")
+        if connector_id not in (0, 1) or int(body.get("stack_level", 0)) > 10:
+            return False
+        if purpose == "ChargePointMaxProfile" and connector_id != 0:
+            return False
+        if purpose == "TxProfile":
+            tx_id = body.get("transaction_id")
+            if connector_id != 1 or self.tx is None or tx_id not in (None, self.tx.id):
+                return False
+            body = {**body, "transaction_id": self.tx.id}
+        periods = (body.get("charging_schedule") or {}).get("charging_schedule_period") or []
+        if not periods or len(periods) > 24:
+            return False
+        self.install(connector_id, body)
+        self.wake.set()
+        return True
+
+    def clear_profiles(self, profile_id: int | None, connector_id: int | None,
+                       purpose: str | None, stack_level: int | None) -> bool:
+        """Remove the profile with that id, else those matching the criteria; True if any."""
+        if profile_id is not None:
+            doomed = [profile_id] if profile_id in self.profiles else []
+        else:
+            doomed = [pid for pid, p in self.profiles.items()
+                      if connector_id in (None, p.connector_id)
+                      and purpose in (None, p.purpose)
+                      and stack_level in (None, p.stack_level)]
+        for pid in doomed:
+            del self.profiles[pid]
+        self.wake.set()
+        return bool(doomed)
+
     def _period(self, p: Profile, now: datetime) -> tuple[float, str, int | None] | None:
         """(limit, unit, numberPhases) in force for `p` now, or None."""
         body = p.body
@@ -322,8 +463,13 @@ class Charger:
             else:
                 self.status = "Charging"
 
-    def meter_value(self, context: str = "Sample.Periodic") -> dict[str, Any]:
+    def meter_value(self, context: str = "Sample.Periodic",
+                    register: bool = False) -> dict[str, Any]:
+        """One meterValue entry (1.6 wire shape) of the measurands configured; `register`:
+        with the energy register whatever is configured."""
         wanted = set(cast(str, self.config["MeterValuesSampledData"][0]).split(","))
+        if register:
+            wanted.add("Energy.Active.Import.Register")
         sampled: list[dict[str, str]] = []
 
         def add(measurand: str, value: str, unit: str, phase: str | None = None,
@@ -357,13 +503,49 @@ class Reboot(Exception):
     """Reset requested: close the connection and boot again."""
 
 
-class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped (Any)
-    """The OCPP side of one `Charger` over one WebSocket connection."""
+class _Behaviour:
+    """What a charge point does over one connection, in any OCPP version: boot, heartbeats,
+    sessions and their metering. The version classes below supply the messages (the
+    methods that raise NotImplementedError here) and the answers to the central system.
 
-    def __init__(self, charger: Charger, ws: Any):
-        super().__init__(charger.station, ws, response_timeout=charger.cfg.response_timeout)
-        self.ch = charger
-        self.accepted = asyncio.Event()  # BootNotification accepted
+    Mixed into the `ocpp` library's ChargePoint of each version (before it: nothing
+    here may share a name with the library's methods).
+    """
+
+    ch: Charger
+    id: str
+    calls: Any  # the version's `ocpp` call module
+    results: Any  # ... and its call_result module
+    call: Callable[..., Awaitable[Any]]  # ocpp's ChargePoint.call
+    start: Callable[[], Coroutine[Any, Any, None]]  # ocpp's ChargePoint.start: receive loop
+    accepted: asyncio.Event  # BootNotification accepted
+
+    # --- the version's messages --------------------------------------------------------
+    def boot_request(self) -> Any:
+        raise NotImplementedError
+
+    async def send_status(self, connector: int, status: str | None = None) -> None:
+        raise NotImplementedError
+
+    async def send_station_status(self) -> None:
+        """The station's own status after boot (1.6: connector 0)."""
+
+    async def start_session(self, id_tag: str, remote: bool) -> bool:
+        """A car plugged in: authorize and start a transaction (`ch.tx`); False if not."""
+        raise NotImplementedError
+
+    async def report(self, sample: dict[str, Any] | None, status_changed: bool,
+                     rate_changed: bool) -> None:
+        """During a transaction: the status changed, and/or a meter sample is due."""
+        raise NotImplementedError
+
+    async def stop_session(self) -> None:
+        """End `ch.tx` (its stop_reason is set) and report the connector free."""
+        raise NotImplementedError
+
+    def reset_reason(self) -> str:
+        """The stop reason of a transaction ended by the reset `ch.reset`."""
+        raise NotImplementedError
 
     # --- sending ----------------------------------------------------------------------
     async def send(self, payload: Any) -> Any:
@@ -375,30 +557,12 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                         type(payload).__name__, exc)
             return None
 
-    async def send_status(self, connector: int, status: str | None = None) -> None:
-        if connector == 1:
-            status = status or self.ch.status
-        else:
-            status = status or ("Available" if self.ch.available else "Unavailable")
-        await self.send(call.StatusNotification(
-            connector_id=connector, error_code="NoError", status=status, timestamp=utc_now()))
-
-    async def send_meter_values(self, context: str = "Sample.Periodic",
-                                sample: dict[str, Any] | None = None) -> None:
-        ch = self.ch
-        tx_id = ch.tx.id if ch.tx else None
-        await self.send(call.MeterValues(connector_id=1, transaction_id=tx_id,
-                                         meter_value=[sample or ch.meter_value(context)]))
-        ch.stats.meter_values += 1
-
     async def boot(self) -> None:
         while True:
-            result = await self.send(call.BootNotification(
-                charge_point_vendor=VENDOR, charge_point_model="Simulator",
-                charge_point_serial_number=self.id, firmware_version=__version__,
-                meter_type="SimMeter 3P", meter_serial_number=f"M-{self.id}"))
+            result = await self.send(self.boot_request())
             if result is not None and result.status == "Accepted":
                 self.ch.stats.boots += 1
+                self.ch.boot_reason = "PowerUp"
                 if result.interval > 0:
                     self.ch.config["HeartbeatInterval"][0] = str(result.interval)
                 self.accepted.set()
@@ -416,7 +580,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ch.heartbeat_changed.wait(), ch.heartbeat_interval())
                 continue  # interval changed: start counting again
-            await self.send(call.Heartbeat())
+            await self.send(self.calls.Heartbeat())
 
     async def pause(self, seconds: float, stop: asyncio.Event) -> None:
         """Sleep up to `seconds`; wakes early when a command changed something."""
@@ -431,12 +595,12 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
 
     async def behave(self, stop: asyncio.Event, first_idle: float) -> None:
         ch, cfg = self.ch, self.ch.cfg
-        await self.send_status(0)
+        await self.send_station_status()
         if ch.tx is not None:  # back after a lost connection: the session went on
             await self.send_status(1)
             await self.charge(stop)
         else:
-            ch.status = "Available" if ch.available else "Unavailable"
+            ch.status = ch.idle_status()
             await self.send_status(1)
         idle = first_idle
         while not self.interrupted(stop):
@@ -452,10 +616,113 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             ch.remote_start = None
             if await self.start_session(id_tag, remote):
                 await self.charge(stop)
-            await self.send(call.Heartbeat())
+            await self.send(self.calls.Heartbeat())
             idle = cfg.idle_seconds
         if ch.reset is not None:
             raise Reboot(ch.reset)
+
+    async def charge(self, stop: asyncio.Event) -> None:
+        """Meter the running transaction until it ends; then stop it."""
+        ch = self.ch
+        tx = ch.tx
+        assert tx is not None
+        ch.integrate()
+        ch.operate()
+        # A meter reads its register and its clock at one instant: take the sample now,
+        # not after the status round trip (under load that took 100s of ms at 11 kW).
+        sample: dict[str, Any] | None = ch.meter_value()
+        reported = ch.status
+        await self.report(sample, True, False)
+        last_sample = time.monotonic()
+        while tx.stop_reason is None:
+            now = time.monotonic()
+            next_sample = last_sample + ch.interval()  # the interval may change at any time
+            if stop.is_set():
+                tx.stop_reason = "Local"
+                break
+            if ch.reset is not None:
+                tx.stop_reason = self.reset_reason()
+                break
+            if now >= tx.ends_at:
+                tx.stop_reason = "EVDisconnected"
+                break
+            if not ch.wake.is_set():
+                await self.pause(min(next_sample, tx.ends_at) - now, stop)
+            ch.wake.clear()
+            if tx.stop_reason is not None or stop.is_set() or ch.reset is not None:
+                continue
+            ch.integrate()
+            offered_before = ch.offered
+            ch.operate()
+            rate_changed = ch.offered != offered_before
+            due = time.monotonic() >= next_sample or rate_changed
+            sample = ch.meter_value() if due else None  # periodic, or at once on a new limit
+            status_changed = ch.status != reported
+            reported = ch.status
+            if status_changed or sample is not None:
+                await self.report(sample, status_changed, rate_changed)
+            if sample is not None:
+                last_sample = time.monotonic()
+        await self.stop_session()
+
+    # --- commands from the central system ------------------------------------------------
+    def _count(self, action: str) -> None:
+        self.ch.stats.commands[action] += 1
+        log.info("%s: central system sent %s", self.id, action)
+
+    def _wake(self) -> None:
+        self.ch.wake.set()
+
+    # A Reset answered Accepted: the reboot starts once the answer is on its way (set
+    # at once, the reboot could close the connection before the answer was sent).
+    reset_accepted: str | None = None
+
+    @after("Reset")
+    def after_reset(self, **_: Any) -> None:
+        if self.reset_accepted is not None:
+            self.ch.reset, self.reset_accepted = self.reset_accepted, None
+            self._wake()
+
+
+class SimulatedChargePoint(_Behaviour, ChargePoint):  # type: ignore[misc]  # ocpp: untyped
+    """The OCPP 1.6 side of one `Charger` over one WebSocket connection."""
+
+    calls, results = call, call_result
+
+    def __init__(self, charger: Charger, ws: Any):
+        super().__init__(charger.station, ws, response_timeout=charger.cfg.response_timeout)
+        self.ch = charger
+        self.accepted = asyncio.Event()  # BootNotification accepted
+
+    # --- sending ----------------------------------------------------------------------
+    async def send_status(self, connector: int, status: str | None = None) -> None:
+        if connector == 1:
+            status = status or self.ch.status
+        else:
+            status = status or ("Available" if self.ch.available else "Unavailable")
+        await self.send(call.StatusNotification(
+            connector_id=connector, error_code="NoError", status=status, timestamp=utc_now()))
+
+    async def send_station_status(self) -> None:
+        await self.send_status(0)
+
+    async def send_meter_values(self, context: str = "Sample.Periodic",
+                                sample: dict[str, Any] | None = None) -> None:
+        ch = self.ch
+        tx_id = ch.tx.id if ch.tx else None
+        await self.send(call.MeterValues(connector_id=1, transaction_id=tx_id,
+                                         meter_value=[sample or ch.meter_value(context)]))
+        ch.stats.meter_values += 1
+
+    def boot_request(self) -> Any:
+        return call.BootNotification(
+            charge_point_vendor=VENDOR, charge_point_model="Simulator",
+            charge_point_serial_number=self.id, firmware_version=__version__,
+            meter_type="SimMeter 3P", meter_serial_number=f"M-{self.id}")
+
+    # --- behaviour ---------------------------------------------------------------------
+    def reset_reason(self) -> str:
+        return "HardReset" if self.ch.reset == "Hard" else "SoftReset"
 
     async def start_session(self, id_tag: str, remote: bool) -> bool:
         ch = self.ch
@@ -477,64 +744,19 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             ch.status = "Available"
             await self.send_status(1)
             return False
-        now = time.monotonic()
-        ch.tx = Transaction(started.transaction_id, id_tag, meter_start, now_wall, now,
-                            now + ch.cfg.session_seconds)
-        ch.stats.sessions_started += 1
-        if ch.cfg.soc:
-            ch.soc = ch.rng.uniform(15.0, 60.0)
-        if ch.pending_tx_profile is not None:
-            self._install(1, {**ch.pending_tx_profile, "transaction_id": ch.tx.id})
-            ch.pending_tx_profile = None
+        tx = ch.begin_transaction(started.transaction_id, id_tag, meter_start, now_wall)
         if started.id_tag_info.get("status") != "Accepted" and ch.flag(
                 "StopTransactionOnInvalidId"):
-            ch.tx.stop_reason = "DeAuthorized"
-        log.info("%s: transaction %s started for %s", self.id, ch.tx.id, id_tag)
+            tx.stop_reason = "DeAuthorized"
+        log.info("%s: transaction %s started for %s", self.id, tx.id, id_tag)
         return True
 
-    async def charge(self, stop: asyncio.Event) -> None:
-        """Meter the running transaction until it ends; then stop it."""
-        ch = self.ch
-        tx = ch.tx
-        assert tx is not None
-        ch.integrate()
-        ch.operate()
-        # A meter reads its register and its clock at one instant: take the sample now,
-        # not after the status round trip (under load that took 100s of ms at 11 kW).
-        sample: dict[str, Any] | None = ch.meter_value()
-        reported = ch.status
-        await self.send_status(1)
-        await self.send_meter_values(sample=sample)
-        last_sample = time.monotonic()
-        while tx.stop_reason is None:
-            now = time.monotonic()
-            next_sample = last_sample + ch.interval()  # the interval may change at any time
-            if stop.is_set():
-                tx.stop_reason = "Local"
-                break
-            if ch.reset is not None:
-                tx.stop_reason = "HardReset" if ch.reset == "Hard" else "SoftReset"
-                break
-            if now >= tx.ends_at:
-                tx.stop_reason = "EVDisconnected"
-                break
-            if not ch.wake.is_set():
-                await self.pause(min(next_sample, tx.ends_at) - now, stop)
-            ch.wake.clear()
-            if tx.stop_reason is not None or stop.is_set() or ch.reset is not None:
-                continue
-            ch.integrate()
-            offered_before = ch.offered
-            ch.operate()
-            due = time.monotonic() >= next_sample or ch.offered != offered_before
-            sample = ch.meter_value() if due else None  # periodic, or at once on a new limit
-            if ch.status != reported:
-                reported = ch.status
-                await self.send_status(1)
-            if sample is not None:
-                await self.send_meter_values(sample=sample)
-                last_sample = time.monotonic()
-        await self.stop_session()
+    async def report(self, sample: dict[str, Any] | None, status_changed: bool,
+                     rate_changed: bool) -> None:
+        if status_changed:
+            await self.send_status(1)
+        if sample is not None:
+            await self.send_meter_values(sample=sample)
 
     async def stop_session(self) -> None:
         ch = self.ch
@@ -543,41 +765,25 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
         ch.integrate()
         ch.currents = [0.0, 0.0, 0.0]  # the contactor opens
         final = ch.meter_value("Transaction.End")
-        meter_stop = max(int(ch.energy_wh), tx.meter_start)
+        meter_stop = max(int(ch.energy_wh), int(tx.meter_start))
         reason = tx.stop_reason or "Local"
         ch.status = "Finishing"
         await self.send(call.StopTransaction(
             meter_stop=meter_stop, timestamp=utc_now(), transaction_id=tx.id, reason=reason,
             id_tag=tx.id_tag, transaction_data=[final]))
-        ch.stats.sessions_completed += 1
-        ch.stats.energy_wh += meter_stop - tx.meter_start
-        log.info("%s: transaction %s stopped (%s), %d Wh", self.id, tx.id, reason,
-                 meter_stop - tx.meter_start)
-        ch.tx = None
-        ch.soc = 0.0
-        for pid in [pid for pid, p in ch.profiles.items() if p.purpose == "TxProfile"]:
-            del ch.profiles[pid]  # a TxProfile ends with its transaction
+        ch.end_transaction(meter_stop, reason)
         await self.send_status(1)
-        if ch.pending_availability is not None:
-            ch.available, ch.pending_availability = ch.pending_availability, None
+        if ch.apply_pending_availability():
             await self.send_status(0)
-        ch.status = "Available" if ch.available else "Unavailable"
+        ch.status = ch.idle_status()
         if ch.reset is None:
             await self.send_status(1)
 
     # --- commands from the central system ------------------------------------------------
-    def _count(self, action: str) -> None:
-        self.ch.stats.commands[action] += 1
-        log.info("%s: central system sent %s", self.id, action)
-
-    def _wake(self) -> None:
-        self.ch.wake.set()
-
     @on("Reset")
     def on_reset(self, type: str, **_: Any) -> call_result.Reset:
         self._count("Reset")
-        self.ch.reset = type
-        self._wake()
+        self.reset_accepted = type
         return call_result.Reset(status="Accepted")
 
     @on("RemoteStartTransaction")
@@ -607,40 +813,13 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
         self._wake()
         return call_result.RemoteStopTransaction(status="Accepted")
 
-    def _install(self, connector_id: int, body: dict[str, Any]) -> None:
-        ch = self.ch
-        profile = Profile(int(body["charging_profile_id"]), connector_id,
-                          body["charging_profile_purpose"], int(body["stack_level"]), body,
-                          datetime.now(timezone.utc))
-        for pid, old in list(ch.profiles.items()):  # same id, or same slot → replaced
-            if pid == profile.id or (old.purpose, old.stack_level, old.connector_id) == (
-                    profile.purpose, profile.stack_level, profile.connector_id):
-                del ch.profiles[pid]
-        ch.profiles[profile.id] = profile
-
     @on("SetChargingProfile")
     def on_set_charging_profile(self, connector_id: int,
                                 cs_charging_profiles: dict[str, Any],
                                 **_: Any) -> call_result.SetChargingProfile:
         self._count("SetChargingProfile")
-        ch, body = self.ch, cs_charging_profiles
-        purpose = body.get("charging_profile_purpose")
-        rejected = call_result.SetChargingProfile(status="Rejected")
-        if connector_id not in (0, 1) or int(body.get("stack_level", 0)) > 10:
-            return rejected
-        if purpose == "ChargePointMaxProfile" and connector_id != 0:
-            return rejected
-        if purpose == "TxProfile":
-            tx_id = body.get("transaction_id")
-            if connector_id != 1 or ch.tx is None or tx_id not in (None, ch.tx.id):
-                return rejected
-            body = {**body, "transaction_id": ch.tx.id}
-        periods = (body.get("charging_schedule") or {}).get("charging_schedule_period") or []
-        if not periods or len(periods) > 24:
-            return rejected
-        self._install(connector_id, body)
-        self._wake()
-        return call_result.SetChargingProfile(status="Accepted")
+        accepted = self.ch.set_profile(connector_id, cs_charging_profiles)
+        return call_result.SetChargingProfile(status="Accepted" if accepted else "Rejected")
 
     @on("ClearChargingProfile")
     def on_clear_charging_profile(self, id: int | None = None, connector_id: int | None = None,
@@ -648,38 +827,23 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                                   stack_level: int | None = None,
                                   **_: Any) -> call_result.ClearChargingProfile:
         self._count("ClearChargingProfile")
-        ch = self.ch
-        if id is not None:
-            doomed = [id] if id in ch.profiles else []
-        else:
-            doomed = [pid for pid, p in ch.profiles.items()
-                      if connector_id in (None, p.connector_id)
-                      and charging_profile_purpose in (None, p.purpose)
-                      and stack_level in (None, p.stack_level)]
-        for pid in doomed:
-            del ch.profiles[pid]
-        self._wake()
-        return call_result.ClearChargingProfile(status="Accepted" if doomed else "Unknown")
+        cleared = self.ch.clear_profiles(id, connector_id, charging_profile_purpose, stack_level)
+        return call_result.ClearChargingProfile(status="Accepted" if cleared else "Unknown")
 
     @on("ChangeAvailability")
     def on_change_availability(self, connector_id: int, type: str,
                                **_: Any) -> call_result.ChangeAvailability:
         self._count("ChangeAvailability")
-        ch = self.ch
         if connector_id not in (0, 1):
             return call_result.ChangeAvailability(status="Rejected")
-        wanted = type == "Operative"
-        if ch.tx is not None and not wanted:
-            ch.pending_availability = wanted
-            return call_result.ChangeAvailability(status="Scheduled")
-        ch.available, ch.pending_availability = wanted, None
-        return call_result.ChangeAvailability(status="Accepted")
+        status = self.ch.change_availability(type == "Operative")
+        return call_result.ChangeAvailability(status=status)
 
     @after("ChangeAvailability")
     async def after_change_availability(self, connector_id: int, type: str, **_: Any) -> None:
         ch = self.ch
         if ch.tx is None and connector_id in (0, 1):
-            ch.status = "Available" if ch.available else "Unavailable"
+            ch.status = ch.idle_status()
             await self.send_status(0)
             await self.send_status(1)
             self._wake()
@@ -746,31 +910,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
     def on_change_configuration(self, key: str, value: str,
                                 **_: Any) -> call_result.ChangeConfiguration:
         self._count("ChangeConfiguration")
-        ch = self.ch
-        entry = ch.config.get(key)
-        if entry is None:
-            return call_result.ChangeConfiguration(status="NotSupported")
-        if entry[1]:
-            return call_result.ChangeConfiguration(status="Rejected")
-        if key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut"):
-            try:
-                number = float(value)
-            except ValueError:
-                return call_result.ChangeConfiguration(status="Rejected")
-            if not math.isfinite(number) or number <= 0:
-                return call_result.ChangeConfiguration(status="Rejected")
-        elif key in ("AuthorizeRemoteTxRequests", "StopTransactionOnInvalidId"):
-            if value.lower() not in ("true", "false"):
-                return call_result.ChangeConfiguration(status="Rejected")
-        elif key == "MeterValuesSampledData":
-            allowed = set(ALL_MEASURANDS.split(","))
-            if not value or not set(value.split(",")) <= allowed:
-                return call_result.ChangeConfiguration(status="Rejected")
-        entry[0] = value
-        if key == "HeartbeatInterval":
-            ch.heartbeat_changed.set()
-        self._wake()
-        return call_result.ChangeConfiguration(status="Accepted")
+        return call_result.ChangeConfiguration(status=self.ch.change_config(key, value))
 
     @on("DataTransfer")
     def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
@@ -791,9 +931,453 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
         return call_result.GetLocalListVersion(list_version=0)
 
 
+# --- OCPP 2.0.1 and 2.1 -----------------------------------------------------------------
+# The device model: (component, variable) → (the `Charger.config` key it is, dataType).
+# The 1.6 keys are what the gateway translates them from (commands/v2x.py CONFIG_KEYS).
+DEVICE_MODEL: dict[tuple[str, str], tuple[str, str]] = {
+    ("OCPPCommCtrlr", "HeartbeatInterval"): ("HeartbeatInterval", "integer"),
+    ("SampledDataCtrlr", "TxUpdatedInterval"): ("MeterValueSampleInterval", "integer"),
+    ("SampledDataCtrlr", "TxUpdatedMeasurands"): ("MeterValuesSampledData", "MemberList"),
+    ("AuthCtrlr", "AuthorizeRemoteStart"): ("AuthorizeRemoteTxRequests", "boolean"),
+    ("TxCtrlr", "StopTxOnInvalidId"): ("StopTransactionOnInvalidId", "boolean"),
+    ("TxCtrlr", "EVConnectionTimeOut"): ("ConnectionTimeOut", "integer"),
+    ("SmartChargingCtrlr", "ProfileStackLevel"): ("ChargeProfileMaxStackLevel", "integer"),
+    ("SmartChargingCtrlr", "PeriodsPerSchedule"): ("ChargingScheduleMaxPeriods", "integer"),
+    ("SmartChargingCtrlr", "Entries"): ("MaxChargingProfilesInstalled", "integer"),
+}
+COMPONENTS = frozenset(component for component, _ in DEVICE_MODEL)
+# 2.x charging profile purposes → the 1.6 ones `Charger` works with (others: Rejected).
+PURPOSES_16 = {"TxDefaultProfile": "TxDefaultProfile", "TxProfile": "TxProfile",
+               "ChargingStationMaxProfile": "ChargePointMaxProfile"}
+# Why a transaction ended (stoppedReason) → the TransactionEvent's triggerReason.
+STOP_TRIGGERS = {"EVDisconnected": "EVCommunicationLost", "Remote": "RemoteStop",
+                 "Local": "StopAuthorized", "DeAuthorized": "Deauthorized",
+                 "ImmediateReset": "ResetCommand"}
+TRIGGERABLE_2X = ("BootNotification", "FirmwareStatusNotification", "Heartbeat",
+                  "LogStatusNotification", "MeterValues", "StatusNotification",
+                  "TransactionEvent")
+EVSE = {"id": 1, "connector_id": 1}  # the one EVSE and its one connector
+
+
+def _meter_value_2x(entry: dict[str, Any]) -> dict[str, Any]:
+    """A `Charger.meter_value` entry → OCPP 2.x: numeric values, unitOfMeasure."""
+    sampled = []
+    for value in entry["sampledValue"]:
+        out: dict[str, Any] = {"value": float(value["value"])}
+        out.update((k, value[k]) for k in ("context", "measurand", "phase", "location")
+                   if k in value)
+        out["unitOfMeasure"] = {"unit": value["unit"]}
+        sampled.append(out)
+    return {"timestamp": entry["timestamp"], "sampledValue": sampled}
+
+
+def _connector_status(status: str) -> str:
+    """The charger's 1.6 status → the 2.x connectorStatus."""
+    return status if status in ("Available", "Unavailable", "Faulted", "Reserved") \
+        else "Occupied"
+
+
+def _charging_state(status: str) -> str:
+    """The charger's 1.6 status during a transaction → the 2.x chargingState."""
+    return status if status in ("Charging", "SuspendedEV", "SuspendedEVSE") else "EVConnected"
+
+
+def _profile_16(profile: dict[str, Any]) -> dict[str, Any] | None:
+    """A 2.x chargingProfile (snake_case, as the ocpp library hands it over) → the 1.6
+    shape `Charger` reads (its first schedule); None if this charger cannot use it."""
+    purpose = PURPOSES_16.get(profile.get("charging_profile_purpose", ""))
+    schedules = profile.get("charging_schedule") or []
+    if purpose is None or not schedules:
+        return None
+    schedule = schedules[0]
+    if any("limit" not in period for period in schedule.get("charging_schedule_period") or ()):
+        return None  # 2.1: setpoints or per-phase limits only
+    return {**profile, "charging_profile_id": profile["id"],
+            "charging_profile_purpose": purpose, "charging_schedule": schedule}
+
+
+class _ChargePoint2x(_Behaviour):
+    """The OCPP 2.x side of one `Charger` (one EVSE, one connector), mixed into the `ocpp`
+    library's 2.0.1 or 2.1 ChargePoint below. Messages are built with `calls`/`results`."""
+
+    def __init__(self, charger: Charger, ws: Any):
+        # the `ocpp` library's ChargePoint, next in the concrete classes' MRO
+        super().__init__(charger.station, ws,  # type: ignore[call-arg]
+                         response_timeout=charger.cfg.response_timeout)
+        self.ch = charger
+        self.accepted = asyncio.Event()
+
+    # --- sending ----------------------------------------------------------------------
+    def boot_request(self) -> Any:
+        return self.calls.BootNotification(
+            charging_station={"vendor_name": VENDOR, "model": "Simulator",
+                              "serial_number": self.id, "firmware_version": __version__},
+            reason=self.ch.boot_reason)
+
+    async def send_status(self, connector: int, status: str | None = None) -> None:
+        await self.send(self.calls.StatusNotification(
+            timestamp=utc_now(), connector_status=_connector_status(status or self.ch.status),
+            evse_id=EVSE["id"], connector_id=EVSE["connector_id"]))
+
+    async def send_event(self, event_type: str, trigger: str, *,
+                         charging_state: str | None = None,
+                         sample: dict[str, Any] | None = None,
+                         stopped_reason: str | None = None,
+                         id_token: dict[str, str] | None = None,
+                         timestamp: datetime | None = None) -> Any:
+        """A TransactionEvent of `ch.tx`; `sample` in the 1.6 shape of `Charger`."""
+        ch = self.ch
+        tx = ch.tx
+        assert tx is not None
+        info: dict[str, Any] = {"transaction_id": tx.id}
+        if charging_state is not None:
+            info["charging_state"] = charging_state
+        if stopped_reason is not None:
+            info["stopped_reason"] = stopped_reason
+        if event_type == "Started" and tx.remote_start_id is not None:
+            info["remote_start_id"] = tx.remote_start_id
+        seq_no, tx.seq_no = tx.seq_no, tx.seq_no + 1
+        result = await self.send(self.calls.TransactionEvent(
+            event_type=event_type, timestamp=utc_now(timestamp), trigger_reason=trigger,
+            seq_no=seq_no, transaction_info=info, evse=dict(EVSE), id_token=id_token,
+            meter_value=None if sample is None else [_meter_value_2x(sample)]))
+        if sample is not None:
+            ch.stats.meter_values += 1
+        return result
+
+    # --- behaviour ---------------------------------------------------------------------
+    def reset_reason(self) -> str:
+        return "ImmediateReset"
+
+    async def start_session(self, id_tag: str, remote: bool) -> bool:
+        ch = self.ch
+        remote_start_id, ch.remote_start_id = ch.remote_start_id, None
+        token = {"id_token": id_tag, "type": ch.remote_token_type if remote else "ISO14443"}
+        ch.status = "Preparing"
+        await self.send_status(1)  # Occupied: the car plugged in
+        if not remote or ch.flag("AuthorizeRemoteTxRequests"):
+            auth = await self.send(self.calls.Authorize(id_token=token))
+            if auth is None or auth.id_token_info.get("status") != "Accepted":
+                log.info("%s: %s not authorized", self.id, id_tag)
+                ch.status = ch.idle_status()
+                await self.send_status(1)
+                return False
+        ch.integrate()
+        now_wall = datetime.now(timezone.utc)
+        meter_start = round(ch.energy_wh, 1)
+        tx = ch.begin_transaction(str(uuid.uuid4()), id_tag, meter_start, now_wall)
+        tx.remote_start_id = remote_start_id
+        begin = {"timestamp": utc_now(now_wall), "sampledValue": [{
+            "value": _fmt(meter_start), "context": "Transaction.Begin",
+            "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}
+        started = await self.send_event(
+            "Started", "RemoteStart" if remote else "CablePluggedIn",
+            charging_state="EVConnected", id_token=token, sample=begin, timestamp=now_wall)
+        status = ((started.id_token_info or {}).get("status", "Accepted")
+                  if started is not None else "Accepted")
+        if status != "Accepted" and ch.flag("StopTransactionOnInvalidId"):
+            tx.stop_reason = "DeAuthorized"
+        log.info("%s: transaction %s started for %s", self.id, tx.id, id_tag)
+        return True
+
+    async def report(self, sample: dict[str, Any] | None, status_changed: bool,
+                     rate_changed: bool) -> None:
+        trigger = ("ChargingStateChanged" if status_changed else
+                   "ChargingRateChanged" if rate_changed else "MeterValuePeriodic")
+        await self.send_event("Updated", trigger, sample=sample, charging_state=(
+            _charging_state(self.ch.status) if status_changed else None))
+
+    async def stop_session(self) -> None:
+        ch = self.ch
+        tx = ch.tx
+        assert tx is not None
+        ch.integrate()
+        ch.currents = [0.0, 0.0, 0.0]  # the contactor opens
+        final = ch.meter_value("Transaction.End", register=True)
+        meter_stop = max(round(ch.energy_wh, 1), tx.meter_start)
+        for value in final["sampledValue"]:  # the register as the transaction's meter_stop
+            if value["measurand"] == "Energy.Active.Import.Register":
+                value["value"] = _fmt(meter_stop)
+        reason = tx.stop_reason or "Local"
+        ch.status = "Finishing"  # the connector stays Occupied until the car leaves
+        await self.send_event(
+            "Ended", STOP_TRIGGERS.get(reason, "AbnormalCondition"), stopped_reason=reason,
+            charging_state="Idle" if reason == "EVDisconnected" else "EVConnected",
+            sample=final)
+        ch.end_transaction(meter_stop, reason)
+        ch.apply_pending_availability()
+        ch.status = ch.idle_status()
+        if ch.pending_reset is not None:  # Reset OnIdle: now
+            ch.reset, ch.pending_reset = ch.pending_reset, None
+        if ch.reset is None:
+            await self.send_status(1)  # the car left
+
+    # --- commands from the central system ------------------------------------------------
+    @on("Reset")
+    def on_reset(self, type: str, evse_id: int | None = None, **_: Any) -> Any:
+        self._count("Reset")
+        ch = self.ch
+        if evse_id is not None:  # no EVSE-level reset here
+            return self.results.Reset(status="Rejected")
+        if type == "OnIdle" and ch.tx is not None:
+            ch.pending_reset = type
+            return self.results.Reset(status="Scheduled")
+        self.reset_accepted = type
+        return self.results.Reset(status="Accepted")
+
+    @on("RequestStartTransaction")
+    def on_request_start(self, id_token: dict[str, Any], remote_start_id: int,
+                         evse_id: int | None = None,
+                         charging_profile: dict[str, Any] | None = None, **_: Any) -> Any:
+        self._count("RequestStartTransaction")
+        ch = self.ch
+        profile = None if charging_profile is None else _profile_16(charging_profile)
+        if (ch.tx is not None or not ch.available or evse_id not in (None, 1)
+                or ch.remote_start is not None or (charging_profile is not None and (
+                    profile is None or profile["charging_profile_purpose"] != "TxProfile"))):
+            return self.results.RequestStartTransaction(status="Rejected")
+        ch.remote_start = str(id_token["id_token"])
+        ch.remote_start_id = remote_start_id
+        ch.remote_token_type = str(id_token.get("type", "Central"))
+        ch.pending_tx_profile = profile
+        self._wake()
+        return self.results.RequestStartTransaction(status="Accepted")
+
+    @on("RequestStopTransaction")
+    def on_request_stop(self, transaction_id: str, **_: Any) -> Any:
+        self._count("RequestStopTransaction")
+        tx = self.ch.tx
+        if tx is None or tx.id != transaction_id:
+            return self.results.RequestStopTransaction(status="Rejected")
+        tx.stop_reason = tx.stop_reason or "Remote"
+        self._wake()
+        return self.results.RequestStopTransaction(status="Accepted")
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any],
+                                **_: Any) -> Any:
+        self._count("SetChargingProfile")
+        body = _profile_16(charging_profile)
+        accepted = body is not None and self.ch.set_profile(evse_id, body)
+        return self.results.SetChargingProfile(
+            status="Accepted" if accepted else "Rejected")
+
+    @on("ClearChargingProfile")
+    def on_clear_charging_profile(self, charging_profile_id: int | None = None,
+                                  charging_profile_criteria: dict[str, Any] | None = None,
+                                  **_: Any) -> Any:
+        self._count("ClearChargingProfile")
+        criteria = charging_profile_criteria or {}
+        purpose = criteria.get("charging_profile_purpose")
+        cleared = self.ch.clear_profiles(
+            charging_profile_id, criteria.get("evse_id"),
+            None if purpose is None else PURPOSES_16.get(purpose, purpose),
+            criteria.get("stack_level"))
+        return self.results.ClearChargingProfile(
+            status="Accepted" if cleared else "Unknown")
+
+    @staticmethod
+    def _evse_ok(evse: dict[str, Any] | None, station: bool = True) -> bool:
+        """Is `evse` (an EVSEType) ours: EVSE 1 connector 1, or the station (id 0)?"""
+        if evse is None:
+            return True
+        return (evse.get("id") == 1 or (station and evse.get("id") == 0)) and \
+            evse.get("connector_id") in (None, 1)
+
+    @on("ChangeAvailability")
+    def on_change_availability(self, operational_status: str,
+                               evse: dict[str, Any] | None = None, **_: Any) -> Any:
+        self._count("ChangeAvailability")
+        if not self._evse_ok(evse):
+            return self.results.ChangeAvailability(status="Rejected")
+        status = self.ch.change_availability(operational_status == "Operative")
+        return self.results.ChangeAvailability(status=status)
+
+    @after("ChangeAvailability")
+    async def after_change_availability(self, operational_status: str,
+                                        evse: dict[str, Any] | None = None,
+                                        **_: Any) -> None:
+        ch = self.ch
+        if ch.tx is None and self._evse_ok(evse):
+            ch.status = ch.idle_status()
+            await self.send_status(1)
+            self._wake()
+
+    @on("UnlockConnector")
+    def on_unlock_connector(self, evse_id: int, connector_id: int, **_: Any) -> Any:
+        self._count("UnlockConnector")
+        if (evse_id, connector_id) != (EVSE["id"], EVSE["connector_id"]):
+            return self.results.UnlockConnector(status="UnknownConnector")
+        if self.ch.tx is not None:  # OCPP 2.0.1 F05.FR.02: no unlocking during a transaction
+            return self.results.UnlockConnector(status="OngoingAuthorizedTransaction")
+        return self.results.UnlockConnector(status="Unlocked")
+
+    def _trigger_status(self, requested_message: str, evse: dict[str, Any] | None) -> str:
+        if requested_message not in TRIGGERABLE_2X:
+            return "NotImplemented"
+        if not self._evse_ok(evse, station=False) or (
+                requested_message == "TransactionEvent" and self.ch.tx is None):
+            return "Rejected"
+        return "Accepted"
+
+    @on("TriggerMessage")
+    def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None,
+                           **_: Any) -> Any:
+        self._count("TriggerMessage")
+        return self.results.TriggerMessage(
+            status=self._trigger_status(requested_message, evse))
+
+    @after("TriggerMessage")
+    async def after_trigger_message(self, requested_message: str,
+                                    evse: dict[str, Any] | None = None, **_: Any) -> None:
+        if self._trigger_status(requested_message, evse) != "Accepted":
+            return
+        ch = self.ch
+        if requested_message == "BootNotification":
+            ch.boot_reason = "Triggered"
+            await self.boot()
+        elif requested_message == "Heartbeat":
+            await self.send(self.calls.Heartbeat())
+        elif requested_message == "MeterValues":
+            ch.integrate()
+            await self.send(self.calls.MeterValues(
+                evse_id=EVSE["id"], meter_value=[_meter_value_2x(ch.meter_value("Trigger"))]))
+            ch.stats.meter_values += 1
+        elif requested_message == "TransactionEvent" and ch.tx is not None:
+            ch.integrate()
+            await self.send_event("Updated", "Trigger", charging_state=_charging_state(
+                ch.status), sample=ch.meter_value("Trigger"))
+        elif requested_message == "StatusNotification":
+            await self.send_status(1)
+        elif requested_message == "LogStatusNotification":
+            await self.send(self.calls.LogStatusNotification(status="Idle"))
+        elif requested_message == "FirmwareStatusNotification":
+            await self.send(self.calls.FirmwareStatusNotification(status="Idle"))
+
+    # --- device model ------------------------------------------------------------------
+    @staticmethod
+    def _lookup(item: dict[str, Any]) -> tuple[str | None, str]:
+        """(the config key, "Accepted") of a Get/SetVariableData item, or (None, status)."""
+        component = (item.get("component") or {}).get("name", "")
+        variable = (item.get("variable") or {}).get("name", "")
+        entry = DEVICE_MODEL.get((component, variable))
+        if entry is None:
+            return None, "UnknownVariable" if component in COMPONENTS else "UnknownComponent"
+        if item.get("attribute_type", "Actual") != "Actual":
+            return None, "NotSupportedAttributeType"
+        return entry[0], "Accepted"
+
+    @staticmethod
+    def _result(item: dict[str, Any], status: str) -> dict[str, Any]:
+        result = {"attribute_status": status, "component": item["component"],
+                  "variable": item["variable"]}
+        if "attribute_type" in item:
+            result["attribute_type"] = item["attribute_type"]
+        return result
+
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        self._count("GetVariables")
+        results = []
+        for item in get_variable_data:
+            key, status = self._lookup(item)
+            result = self._result(item, status)
+            if key is not None:
+                result["attribute_value"] = str(self.ch.config[key][0])
+            results.append(result)
+        return self.results.GetVariables(get_variable_result=results)
+
+    @on("SetVariables")
+    def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        self._count("SetVariables")
+        results = []
+        for item in set_variable_data:
+            key, status = self._lookup(item)
+            if key is not None:
+                status = self.ch.change_config(key, str(item["attribute_value"]))
+            results.append(self._result(item, status))
+        return self.results.SetVariables(set_variable_result=results)
+
+    @on("GetBaseReport")
+    def on_get_base_report(self, request_id: int, report_base: str, **_: Any) -> Any:
+        self._count("GetBaseReport")
+        return self.results.GetBaseReport(status="Accepted")
+
+    @after("GetBaseReport")
+    async def after_get_base_report(self, request_id: int, report_base: str,
+                                    **_: Any) -> None:
+        config = self.ch.config
+        report = []
+        for (component, variable), (key, data_type) in DEVICE_MODEL.items():
+            readonly = bool(config[key][1])
+            if report_base == "ConfigurationInventory" and readonly:
+                continue
+            characteristics: dict[str, Any] = {"data_type": data_type,
+                                               "supports_monitoring": False}
+            if data_type == "MemberList":
+                characteristics["values_list"] = ALL_MEASURANDS
+            report.append({
+                "component": {"name": component}, "variable": {"name": variable},
+                "variable_attribute": [{
+                    "type": "Actual", "value": str(config[key][0]), "persistent": True,
+                    "mutability": "ReadOnly" if readonly else "ReadWrite",
+                    "constant": False}],
+                "variable_characteristics": characteristics})
+        await self.send(self.calls.NotifyReport(request_id=request_id, generated_at=utc_now(),
+                                                seq_no=0, tbc=False, report_data=report))
+
+    @on("DataTransfer")
+    def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
+                         data: Any = None, **_: Any) -> Any:
+        self._count("DataTransfer")
+        if vendor_id != VENDOR:
+            return self.results.DataTransfer(status="UnknownVendorId")
+        return self.results.DataTransfer(status="Accepted", data=data)
+
+
+def _refuse_the_rest(cls: type, actions: Iterable[str]) -> type:
+    """Answer every action of the version the simulator does not implement with
+    NotSupported (known, not supported): without a handler the `ocpp` library (2.1.0)
+    would leave a 2.1 call unanswered."""
+    handled = {getattr(getattr(cls, name), "_on_action", None) for name in dir(cls)}
+    for action in sorted(set(actions) - handled):
+        def refuse(self: Any, _action: str = action, **_: Any) -> Any:
+            raise NotSupportedError(
+                details={"cause": f"{_action} is not implemented by the simulator"})
+
+        name = f"on_unsupported_{action}"
+        refuse.__name__ = name  # the library finds handlers by function name
+        setattr(cls, name, _on(action)(refuse))
+    return cls
+
+
+class SimulatedChargePoint2x(_ChargePoint2x, v201.ChargePoint):  # type: ignore[misc]
+    """OCPP 2.0.1."""
+
+    calls, results = v201.call, v201.call_result
+
+
+class SimulatedChargePoint21(_ChargePoint2x, v21.ChargePoint):  # type: ignore[misc]
+    """OCPP 2.1: the same charge point with 2.1's messages and schemas."""
+
+    calls, results = v21.call, v21.call_result
+
+
+_refuse_the_rest(SimulatedChargePoint2x, (a.value for a in Action201))
+_refuse_the_rest(SimulatedChargePoint21, (a.value for a in Action21))
+
+
+# --ocpp → (subprotocol, charge point class)
+VERSIONS: dict[str, tuple[str, Callable[[Charger, Any], _Behaviour]]] = {
+    "1.6": ("ocpp1.6", SimulatedChargePoint),
+    "2.0.1": ("ocpp2.0.1", SimulatedChargePoint2x),
+    "2.1": ("ocpp2.1", SimulatedChargePoint21),
+}
+
+
 async def _connection(charger: Charger, ws: Any, stop: asyncio.Event, first_idle: float) -> None:
     """Boot and behave over one connection until it closes, a reset, or `stop`."""
-    cp = SimulatedChargePoint(charger, ws)
+    cp = VERSIONS[charger.cfg.ocpp][1](charger, ws)
     reader = asyncio.create_task(cp.start(), name=f"{charger.station}-reader")
     stopped = asyncio.create_task(stop.wait())
     tasks = [reader, stopped]
@@ -836,27 +1420,32 @@ async def run_station(charger: Charger, stop: asyncio.Event) -> StationStats:
         token = base64.b64encode(f"{charger.station}:{cfg.password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     tls = _tls_context(cfg)
+    subprotocol = Subprotocol(VERSIONS[cfg.ocpp][0])
     backoff = 1.0
     first_idle = charger.rng.uniform(0, cfg.idle_seconds)
     while not stop.is_set():
         rebooting = False
         try:
-            async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")],
+            async with websockets.connect(url, subprotocols=[subprotocol],
                                           open_timeout=10, ping_interval=None,
                                           additional_headers=headers, ssl=tls) as ws:
+                if ws.subprotocol != subprotocol:
+                    log.warning("%s: the central system answered subprotocol %r, not %r",
+                                charger.station, ws.subprotocol, subprotocol)
                 charger.stats.connects += 1
                 backoff = 1.0
-                log.info("%s connected to %s", charger.station, url)
+                log.info("%s connected to %s (%s)", charger.station, url, subprotocol)
                 await _connection(charger, ws, stop, first_idle)
         except Reboot as exc:
             log.info("%s: %s reset: rebooting", charger.station, exc)
             rebooting = True
+            charger.boot_reason = "RemoteReset"
         except (OSError, InvalidHandshake, ConnectionClosed, asyncio.TimeoutError) as exc:
             log.warning("%s: connection failed: %s", charger.station, exc)
         except Exception:
             log.exception("%s: simulator error; reconnecting", charger.station)
         first_idle = charger.rng.uniform(0, cfg.idle_seconds)
-        charger.reset = None
+        charger.reset = charger.pending_reset = None
         if stop.is_set():
             break
         if rebooting:
@@ -870,6 +1459,8 @@ async def run_station(charger: Charger, stop: asyncio.Event) -> StationStats:
 
 async def simulate(cfg: SimConfig, stop: asyncio.Event | None = None) -> list[StationStats]:
     """Run `cfg.stations` charge points until `stop` is set or `cfg.duration` passes."""
+    if cfg.ocpp not in VERSIONS:
+        raise ValueError(f"ocpp must be one of {', '.join(VERSIONS)}, not {cfg.ocpp!r}")
     stop = stop or asyncio.Event()
     rng = random.Random(cfg.seed)
     chargers = [Charger(station, cfg, random.Random(rng.random()))
@@ -934,6 +1525,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", default=None, help="CA certificate for wss:// URLs")
     parser.add_argument("--insecure", action="store_true",
                         help="wss:// without certificate verification (testing only)")
+    parser.add_argument("--ocpp", choices=tuple(VERSIONS), default="1.6",
+                        help="OCPP version spoken (the only subprotocol offered; "
+                        "default %(default)s)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="DEBUG also logs every OCPP frame (default %(default)s)")
@@ -945,7 +1539,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         session_seconds=args.session_seconds, idle_seconds=max(0.0, args.idle_seconds),
         duration=args.duration, max_current=args.max_current, phases=args.phases,
         soc=args.soc, id_tag=args.id_tag, seed=args.seed, password=args.password,
-        ca_file=args.ca_file, insecure=args.insecure,
+        ca_file=args.ca_file, insecure=args.insecure, ocpp=args.ocpp,
     )
 
 
@@ -963,8 +1557,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        log.info("simulating %d charge point(s) %s… against %s", cfg.stations,
-                 cfg.station_ids()[0], cfg.url)
+        log.info("simulating %d OCPP %s charge point(s) %s… against %s", cfg.stations,
+                 cfg.ocpp, cfg.station_ids()[0], cfg.url)
         return await simulate(cfg, stop)
 
     try:
