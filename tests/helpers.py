@@ -77,15 +77,19 @@ class Mosquitto:
             # as root, mosquitto drops to user "mosquitto", which cannot write our temp dir
             + ("user root\n" if os.geteuid() == 0 else "")
         )
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # Its log goes to a file: a pipe nobody reads fills up after some thousand
+        # connections, and then mosquitto blocks on its next log line.
+        self.log = Path(self.dir.name) / "mosquitto.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                error = self.proc.stderr.read().decode()
+                error = self.log.read_text(errors="replace")
                 if "Address already in use" in error:
                     raise PortTaken(error)
                 raise RuntimeError(f"mosquitto exited: {error}")

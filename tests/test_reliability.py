@@ -98,15 +98,21 @@ def start_gateway_process(broker_port: int, basepath: str, data_dir: Path, port:
         "LOG_LEVEL": "INFO",
         **env,
     }
-    return subprocess.Popen([sys.executable, "-m", "ocpp2mqtt"], env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The gateway's log goes to a file next to its data: a pipe nobody reads would fill
+    # up and block the gateway on its next log line.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "gateway.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ocpp2mqtt"], env=full_env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+    proc.log = data_dir / "gateway.log"  # type: ignore[attr-defined]
+    return proc
 
 
 async def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()}")
+            raise AssertionError(f"gateway exited: {proc.log.read_text(errors='replace')}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
