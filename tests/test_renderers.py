@@ -170,13 +170,18 @@ def test_a_second_connector_shows_every_connector():
                                            error_code="NoError"))
     # what connector 1 reported before is written out once, so topics match the document
     shown = {(k.connector, k.name, k.phase) for k, _ in update.changes if k.connector == 1}
-    assert {(1, "status", None), (1, "transaction_id", None), (1, "voltage", "l2_n")} <= shown
+    assert {(1, "status", None), (1, "transaction_id", None)} <= shown
     doc = render_document(state)
     assert set(doc["connectors"]) == {"0", "1", "2"}
     assert doc["connectors"]["1"]["status"] == "Charging"
     assert doc["connectors"]["1"]["transaction_id"] == 17
-    assert doc["connectors"]["1"]["voltage"]["phases"]["l3_n"] == 232.3
     assert doc["connectors"]["2"] == {"status": "SuspendedEV", "error_code": "NoError"}
+    # while it was the only connector its readings were the station's; now they are its own
+    assert state.meter_of(1) == {}
+    update = apply(state, reading(1, [three_phase_meter_value(TS, 3000.0)]))
+    assert (1, "voltage", "l2_n") in {(k.connector, k.name, k.phase) for k, _ in update.changes}
+    assert state.meter_of(1)["voltage"].phases["l3_n"] == 232.3
+    assert render_document(state)["connectors"]["1"]["voltage"]["phases"]["l3_n"] == 232.3
 
 
 @pytest.mark.parametrize(("mode", "shown"), [("never", {"0"}), ("always", {"0", "1"})])
@@ -256,6 +261,7 @@ async def test_discovery_of_a_second_connector():
         host.emit(event)
     host.emit(ev.StatusChanged("CP1", AT, connector_id=2, status="Charging",
                                error_code="NoError"))
+    host.emit(reading(1, [three_phase_meter_value(TS, 3000.0)]))
     ctx.tick()
     comps = ctx.last(CONFIG)["components"]
     for cid in ("connector_1_status", "connector_2_status", "unlock_1", "unlock_2",

@@ -10,8 +10,10 @@ the data of a DataTransfer is its JSON value. The key names are the user-facing
 vocabulary: `<prefix>/state/<key>`, the document's fields, the entity ids.
 
 The connector-topics rule (CONNECTOR_TOPICS) lives here and only here: per-connector
-values are always recorded; `StationState.shows(connector, name)` says whether they
-are shown (topics, document, entities).
+status values are always recorded, per-connector readings once a station has several
+connectors (with one, its readings are the station's: `StationState.meter_of`);
+`StationState.shows(connector, name)` says whether they are shown (topics, document,
+entities).
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ class Key(NamedTuple):
 
 
 Change = tuple[Key, Any]
+
+_KEY_CACHE_LIMIT = 100_000
+_keys: dict[tuple[str, str | None, int | None, bool], Key] = {}
+
+
+def key(name: str, phase: str | None = None, connector: int | None = None,
+        signed: bool = False) -> Key:
+    """The Key for these parts, made once: keys repeat on every event, and making a
+    NamedTuple is a Python call where a dict lookup is not."""
+    parts = (name, phase, connector, signed)
+    found = _keys.get(parts)
+    if found is None:
+        if len(_keys) >= _KEY_CACHE_LIMIT:
+            _keys.clear()
+        found = _keys[parts] = Key(name, phase, connector, signed)
+    return found
 
 # Values of a StatusNotification: the station-wide one (connector 0) has no plain topic,
 # so it is always shown per connector.
@@ -102,6 +120,13 @@ class StationState:
         return self.connector_topics or (connector == 0 and name in _STATUS_NAMES)
 
     # --- typed reads for features that act on the state -----------------------------
+    def meter_of(self, connector: int) -> dict[str, Measurement]:
+        """A connector's latest readings (the station's, while it has only one connector)."""
+        holder = self.connectors.get(connector)
+        if holder is not None and holder.meter:
+            return holder.meter
+        return {} if self.many_connectors else self.meter
+
     @property
     def connected(self) -> bool:
         return self.values.get("connection_state") == "CONNECTED"
@@ -141,7 +166,7 @@ class _Writer:
             self.update.structural = True
         values[name] = value
         if connector is None or self.state.shows(connector, name):
-            self.update.changes.append((Key(name, None, connector), value))
+            self.update.changes.append((key(name, None, connector), value))
 
     def _connector(self, connector: int) -> ConnectorState:
         holder = self.state.connectors.get(connector)
@@ -167,16 +192,16 @@ class _Writer:
         for n, holder in sorted(self.state.connectors.items()):
             for name, value in holder.values.items():
                 if not (n == 0 and name in _STATUS_NAMES):  # those were shown already
-                    changes.append((Key(name, None, n), value))
+                    changes.append((key(name, None, n), value))
             for name, m in holder.meter.items():
                 for phase, number in m.phases.items():
-                    changes.append((Key(name, phase, n), number))
+                    changes.append((key(name, phase, n), number))
                 if m.value is not None:
-                    changes.append((Key(name, None, n), m.value))
+                    changes.append((key(name, None, n), m.value))
                 for phase, text in m.phases_signed_data.items():
-                    changes.append((Key(name, phase, n, True), text))
+                    changes.append((key(name, phase, n, True), text))
                 if m.signed_data is not None:
-                    changes.append((Key(name, None, n, True), m.signed_data))
+                    changes.append((key(name, None, n, True), m.signed_data))
 
     def sample(self, sample: ev.Sample, connector: int) -> None:
         """The readings of one instant, into the station's meter and the connector's."""
@@ -193,15 +218,19 @@ class _Writer:
         totals = [(key, aggregate(key, values)) for key, values in phases.items()
                   if key not in plain]
         self._readings(self.state.meter, sample, totals, None)
-        # Per-connector readings are always recorded; they are changes only when shown.
-        self._readings(self._connector(connector).meter, sample, totals,
-                       connector if self.state.connector_topics else False)
+        state = self.state
+        if state.many_connectors or state.connector_topics:
+            # A station with one connector: its readings are the station's (`meter_of`);
+            # recording them twice would double the work of every reading.
+            self._readings(self._connector(connector).meter, sample, totals,
+                           connector if state.connector_topics else False)
 
     def _readings(self, meter: dict[str, Measurement], sample: ev.Sample,
                   totals: list[tuple[str, float]], connector: int | Literal[False] | None
                   ) -> None:
         """Write one sample into `meter`; record changes unless `connector` is False."""
         update = self.update
+        keys = _keys  # looked up inline: the hottest loop of the gateway
         changes = update.changes if connector is not False else None
         where = connector if connector is not False else None
         timestamp = sample.timestamp
@@ -217,7 +246,8 @@ class _Writer:
                 else:
                     m.phases_signed_data[r.phase] = text
                 if changes is not None:
-                    changes.append((Key(r.key, r.phase, where, True), text))
+                    changes.append((keys.get((r.key, r.phase, where, True))
+                                    or key(r.key, r.phase, where, True), text))
             else:
                 number = float(r.value)
                 if r.phase is None:
@@ -227,11 +257,13 @@ class _Writer:
                         update.structural = True
                     m.phases[r.phase] = number
                 if changes is not None:
-                    changes.append((Key(r.key, r.phase, where), number))
-        for key, total in totals:
-            meter[key].value = total
+                    changes.append((keys.get((r.key, r.phase, where, False))
+                                    or key(r.key, r.phase, where), number))
+        for name, total in totals:
+            meter[name].value = total
             if changes is not None:
-                changes.append((Key(key, None, where), total))
+                changes.append((keys.get((name, None, where, False)) or key(name, None, where),
+                                total))
         for r in sample.readings:
             m = meter[r.key]
             if r.unit is not None and r.unit != m.unit:

@@ -53,11 +53,17 @@ def _target(key: Key) -> tuple[str, bool]:
 def render(state: StationState, changes: list[Change]) -> list[tuple[str, str, bool]]:
     """(sub-topic under the station prefix, payload, essential) for each shown change."""
     out = []
+    targets = _targets
     for key, value in changes:
         if key.connector is not None and not state.shows(key.connector, key.name):
             continue
-        subtopic, essential = _target(key)
-        out.append((subtopic, format_value(value), essential))
+        subtopic, essential = targets.get(key) or _target(key)
+        # readings (floats) are most of what is published: their format without a call
+        if type(value) is float and value.is_integer() and abs(value) < 1e15:
+            payload = str(int(value))
+        else:
+            payload = format_value(value)
+        out.append((subtopic, payload, essential))
     return out
 
 
