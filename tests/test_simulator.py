@@ -115,6 +115,35 @@ def samples(recorder: MqttRecorder, state: str) -> list[dict]:
     return out
 
 
+def check_physics(recorder: MqttRecorder, state: str) -> None:
+    """The readings a simulated station published are physical: three phases of 230 V and
+    16 A, power = Σ V·I, and an energy register that integrates power over time."""
+    charging = [s for s in samples(recorder, state)
+                if float(s.get("current_import/l1", 0)) > 0]
+    assert len(charging) >= 5
+    for s in charging:
+        volts = [float(s[f"voltage/{p}"]) for p in ("l1_n", "l2_n", "l3_n")]
+        amps = [float(s[f"current_import/{p}"]) for p in ("l1", "l2", "l3")]
+        assert all(220 <= v <= 240 for v in volts), s
+        assert all(15 <= a <= 16 for a in amps), s
+        assert float(s["current_offered"]) == 16
+        power = float(s["power_active_import"])
+        assert power == pytest.approx(sum(v * a for v, a in zip(volts, amps, strict=True)),
+                                      rel=0.02)
+        assert 0 < float(s["soc"]) <= 100
+    series = [s for s in samples(recorder, state) if "energy_active_import_register" in s]
+    energy = [float(s["energy_active_import_register"]) for s in series]
+    assert energy == sorted(energy) and energy[-1] > energy[0]
+    expected = gained = 0.0
+    for a, b in itertools.pairwise(series):
+        power = float(a.get("power_active_import", 0))
+        expected += power * (b["t"] - a["t"]).total_seconds() / 3600
+        gained += float(b["energy_active_import_register"]) - float(
+            a["energy_active_import_register"])
+    # loose: the simulator integrates over its own clock, samples jitter under load
+    assert gained == pytest.approx(expected, rel=0.15, abs=1.0)
+
+
 async def test_stations_charge_realistically(gateway, url, recorder, basepath):
     cfg = SimConfig(url=url, stations=2, prefix="SIM", interval=0.2, session_seconds=1.5,
                     idle_seconds=0.2, seed=7)
@@ -148,30 +177,7 @@ async def test_stations_charge_realistically(gateway, url, recorder, basepath):
         # 16 A on three phases ≈ 11 kW; 1.5 s of that ≈ 4.5 Wh.
         assert 2 <= energies[0] <= 8, energies
 
-        charging = [s for s in samples(recorder, state) if float(s["current_import/l1"]) > 0]
-        assert len(charging) >= 5
-        for s in charging:
-            volts = [float(s[f"voltage/{p}"]) for p in ("l1_n", "l2_n", "l3_n")]
-            amps = [float(s[f"current_import/{p}"]) for p in ("l1", "l2", "l3")]
-            assert all(220 <= v <= 240 for v in volts), s
-            assert all(15 <= a <= 16 for a in amps), s
-            assert float(s["current_offered"]) == 16
-            power = float(s["power_active_import"])
-            assert power == pytest.approx(sum(v * a for v, a in zip(volts, amps, strict=True)),
-                                          rel=0.02)
-            assert 0 < float(s["soc"]) <= 100
-        # The energy register integrates power over time.
-        series = [s for s in samples(recorder, state) if "energy_active_import_register" in s]
-        energy = [float(s["energy_active_import_register"]) for s in series]
-        assert energy == sorted(energy) and energy[-1] > energy[0]
-        expected = gained = 0.0
-        for a, b in itertools.pairwise(series):
-            power = float(a.get("power_active_import", 0))
-            expected += power * (b["t"] - a["t"]).total_seconds() / 3600
-            gained += float(b["energy_active_import_register"]) - float(
-                a["energy_active_import_register"])
-        # loose: the simulator integrates over its own clock, samples jitter under load
-        assert gained == pytest.approx(expected, rel=0.15, abs=1.0)
+        check_physics(recorder, state)
 
 
 async def test_commands_are_answered(gateway, url, recorder, basepath):

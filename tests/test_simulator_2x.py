@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sys
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from websockets.typing import Subprotocol
 from ocpp2mqtt import __version__
 from ocpp2mqtt.simulator import SimConfig
 from tests.helpers import MqttRecorder
-from tests.test_simulator import Remote, running, samples, until
+from tests.test_simulator import Remote, check_physics, running, until
 
 CYCLE = ("Available", "Preparing", "Charging", "Finishing", "Available")
 
@@ -89,30 +88,7 @@ async def test_201_stations_charge_realistically(gateway, url, recorder, basepat
         # 16 A on three phases ≈ 11 kW; 1.5 s of that ≈ 4.5 Wh.
         assert 2 <= energies[0] <= 8, energies
 
-        charging = [s for s in samples(recorder, state)
-                    if float(s.get("current_import/l1", 0)) > 0]
-        assert len(charging) >= 5
-        for s in charging:
-            volts = [float(s[f"voltage/{p}"]) for p in ("l1_n", "l2_n", "l3_n")]
-            amps = [float(s[f"current_import/{p}"]) for p in ("l1", "l2", "l3")]
-            assert all(220 <= v <= 240 for v in volts), s
-            assert all(15 <= a <= 16 for a in amps), s
-            assert float(s["current_offered"]) == 16
-            power = float(s["power_active_import"])
-            assert power == pytest.approx(sum(v * a for v, a in zip(volts, amps, strict=True)),
-                                          rel=0.02)
-            assert 0 < float(s["soc"]) <= 100
-        # The energy register integrates power over time.
-        series = [s for s in samples(recorder, state) if "energy_active_import_register" in s]
-        energy = [float(s["energy_active_import_register"]) for s in series]
-        assert energy == sorted(energy) and energy[-1] > energy[0]
-        expected = gained = 0.0
-        for a, b in itertools.pairwise(series):
-            power = float(a.get("power_active_import", 0))
-            expected += power * (b["t"] - a["t"]).total_seconds() / 3600
-            gained += float(b["energy_active_import_register"]) - float(
-                a["energy_active_import_register"])
-        assert gained == pytest.approx(expected, rel=0.15, abs=1.0)
+        check_physics(recorder, state)
 
 
 async def test_201_commands_are_answered(gateway, url, recorder, basepath):
