@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -80,7 +81,8 @@ class Config:
     fresh_gateway: bool = True  # a new gateway process for the storm and memory scenarios
     time_limit: int = 900  # seconds; the whole run is aborted (and cleaned up) after this
     profile_seconds: float = 10.0
-    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory")
+    relay_chargers: int = 100
+    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory", "relay")
     gateway_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -91,6 +93,7 @@ class Config:
             ramp_start=20, ramp_min=5, ramp_max=40, ramp_max_steps=3, ramp_seconds=1.0,
             storm_chargers=10, memory_sizes=(50, 100), memory_warmup_chargers=2,
             sample_stations=2, fresh_gateway=False, time_limit=120, profile_seconds=3.0,
+            relay_chargers=10,
         )
 
 
@@ -186,10 +189,10 @@ class Harness:
         assert self.gateway is not None
         return self.gateway
 
-    def start_gateway(self) -> None:
+    def start_gateway(self, extra_env: dict[str, str] | None = None) -> None:
         self._stop_gateway()
         self.gateway = GatewayProcess(self.mosquitto.port, self.tmp, BASE,
-                                      self.cfg.gateway_env).start()
+                                      {**self.cfg.gateway_env, **(extra_env or {})}).start()
         ok = self.sub("wait_value", timeout=40, topic=f"{BASE}/bridge/state", value="online",
                       wait_s=30)["ok"]
         if not ok:
@@ -584,8 +587,65 @@ def scenario_memory(h: Harness, cfg: Config, res: Results) -> None:
     h.load("close_all", timeout=120)
 
 
+def scenario_relay(h: Harness, cfg: Config, res: Results) -> None:
+    """Relay mode (docs/relay.md): the closed-loop ingest of `ingest`, every MeterValues also
+    relayed to a back office — the ceiling server, which answers every CALL — and with that
+    back office down (each message only written to the gateway's SQLite queue). Beside it,
+    in the same run: the default (no relay) and the ceiling itself."""
+    n = cfg.relay_chargers
+    holder = socket.socket()  # a port that refuses connections: a back office that is down
+    holder.bind((HOST, 0))
+    down = holder.getsockname()[1]
+
+    def upstreams(port: int) -> dict[str, str]:
+        return {"OCPP_UPSTREAMS": json.dumps(
+            {"*": [{"name": "bo", "url": f"ws://{HOST}:{port}/ocpp"}]}),
+            "OCPP_UPSTREAM_QUEUE_LIMIT": "1000000"}
+
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        for name, env in (("off", {}), ("up", upstreams(h.ceiling.port)),
+                          ("down", upstreams(down)), ("ceiling", None)):
+            if env is not None:
+                h.start_gateway(env)
+            port, pid = (h.gw.port, h.gw.pid) if env is not None else \
+                (h.ceiling.port, h.ceiling.pid)
+            h.connect(port, names_for(f"rel{name}", n))
+            r = h.load("ingest", timeout=cfg.ingest_warmup + cfg.ingest_seconds + 120,
+                       warmup=cfg.ingest_warmup, duration=cfg.ingest_seconds,
+                       pids=h.pids(pid))
+            h.load("close_all", timeout=60)
+            # up: the backlog still to relay when the load stopped
+            r["drain_s"] = h.settle(pid, timeout=120)
+            note_noise(res, f"relay {name}", r["cpu_pct"])
+            if r["errors"] or r["failures"]:
+                raise RuntimeError(f"relay {name}: {r['errors']} CALLERRORs, "
+                                   f"failures {r['failures']}")
+            rows[name] = r
+    finally:
+        holder.close()
+        h.start_gateway()  # the default again
+    sc = f"relay N={n:,}"
+    off = rows["off"]["calls_per_s"]
+    for name, label in (("off", "no relay (default): MeterValues CALLs/s"),
+                        ("up", "relayed to a back office that is up: CALLs/s"),
+                        ("down", "back office down (queued in SQLite): CALLs/s"),
+                        ("ceiling", "ceiling (bare websockets) CALLs/s")):
+        res.add(f"relay.{name}_calls_per_s", sc, label, round(rows[name]["calls_per_s"]), "/s")
+    for name in ("up", "down"):
+        res.add(f"relay.{name}_vs_off_pct", sc, f"{name} / no relay",
+                round(100 * rows[name]["calls_per_s"] / off, 1), "%")
+        res.add(f"relay.{name}_cpu_pct", sc, f"gateway CPU ({name})",
+                rows[name]["cpu_pct"]["server"], "%")
+    res.add("relay.off_vs_ceiling_pct", sc, "no relay / ceiling",
+            round(100 * off / rows["ceiling"]["calls_per_s"], 1), "%")
+    res.add("relay.up_drain_s", sc, "up: gateway busy after load stopped (relaying the rest)",
+            round(rows["up"]["drain_s"], 2), "s", diagnostic=True)
+    res.details["relay"] = rows
+
+
 SCENARIOS = {"ingest": scenario_ingest, "e2e": scenario_e2e, "storm": scenario_storm,
-             "memory": scenario_memory}
+             "memory": scenario_memory, "relay": scenario_relay}
 
 
 # --- profiling -------------------------------------------------------------------------------
@@ -733,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profiles = run_profiles(h, cfg, output.parent)
         else:
-            for name in ("ingest", "e2e", "storm", "memory"):
+            for name in ("ingest", "e2e", "storm", "memory", "relay"):
                 if name in cfg.scenarios or (name == "e2e" and "ramp" in cfg.scenarios):
                     t0 = time.monotonic()
                     print(f"running {name}…", flush=True)

@@ -25,6 +25,8 @@ EXPECTED = [
     "ramp.best_sustained_per_s",
     "storm.answered_s", "storm.on_broker_s", "storm.total_s", "storm.stations_on_broker",
     "memory.50.per_charger_kib", "memory.100.per_charger_kib", "memory.connected",
+    "relay.off_calls_per_s", "relay.up_calls_per_s", "relay.down_calls_per_s",
+    "relay.ceiling_calls_per_s", "relay.up_vs_off_pct",
 ]
 
 
@@ -55,4 +57,5 @@ def test_every_figure_present_and_positive(quick_results: dict) -> None:
 
 def test_every_scenario_reported(quick_results: dict) -> None:
     assert quick_results["mode"] == "quick"
-    assert set(quick_results["details"]) >= {"ingest", "e2e", "ramp", "storm", "memory"}
+    assert set(quick_results["details"]) >= {"ingest", "e2e", "ramp", "storm", "memory",
+                                              "relay"}

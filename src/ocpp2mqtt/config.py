@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -19,11 +28,108 @@ MASK = "**********"
 
 # Every setting that holds a secret, and how much of it may be shown: "all" hides the
 # value, "values" keeps a mapping's keys (station ids, header names) and hides its values.
-SECRET_FIELDS: dict[str, Literal["all", "values"]] = {
+SECRET_FIELDS: dict[str, Literal["all", "values", "passwords"]] = {
     "mqtt_password": "all",
     "mqtt_websocket_headers": "values",
     "ocpp_basic_auth": "values",
+    "ocpp_upstreams": "passwords",  # every upstream's "password"
 }
+UPSTREAM_NAME = r"^[a-z0-9_-]{1,32}$"
+# What a secondary upstream may send to the charger unless its "allow" says otherwise:
+# questions, never orders.
+SECONDARY_ALLOW = ("GetConfiguration", "TriggerMessage", "GetCompositeSchedule",
+                   "GetLocalListVersion")
+
+
+class UpstreamConfig(BaseModel):
+    """One back office a charger's messages are relayed to (docs/relay.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=UPSTREAM_NAME)
+    url: str
+    role: Literal["primary", "secondary"] = "secondary"
+    password: SecretStr | None = None
+    station_id: str | None = None
+    allow: tuple[str, ...] | None = None  # None: every action (primary) / SECONDARY_ALLOW
+    tags: tuple[str, ...] | None = None
+    ca_file: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")) or len(value.split("//", 1)[1]) < 1:
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("station_id")
+    @classmethod
+    def _station(cls, value: str | None) -> str | None:
+        from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
+
+        if value is not None:
+            try:
+                check_station_id(value)
+            except InvalidStationId as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _actions(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from ocpp2mqtt.ocpp import protocol
+
+        known = {a for v in protocol.VERSIONS.values() for a in protocol.central_system_actions(v)}
+        for action in value or ():
+            if action not in known:
+                raise ValueError(f"{action!r} is not an OCPP action a back office sends")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    def allows(self, action: str) -> bool:
+        allowed = self.allow
+        if allowed is None:
+            return self.role == "primary" or action in SECONDARY_ALLOW
+        return action in allowed
+
+    def decides(self, tag: str) -> bool | None:
+        """True: this upstream decides `tag`; None: only if it is the deciding primary."""
+        if self.tags is not None:
+            return tag in self.tags
+        return None
+
+
+_UPSTREAMS = TypeAdapter(dict[str, list[UpstreamConfig]])
+
+
+def _upstreams(value: Any) -> Any:
+    value = _json_value(value, dict)
+    for station, upstreams in value.items():
+        if not isinstance(upstreams, list):
+            raise ValueError(f"{station}: must be a list of upstreams")
+    return value
+
+
+def _check_upstreams(upstreams: dict[str, list[UpstreamConfig]]) -> None:
+    from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
+
+    for station, links in upstreams.items():
+        if station != "*":
+            try:
+                check_station_id(station)
+            except InvalidStationId as exc:
+                raise ValueError(f"{station!r}: {exc}") from None
+        names = [u.name for u in links]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{station}: upstream names repeat ({', '.join(names)})")
+        if sum(u.role == "primary" for u in links) > 1:
+            raise ValueError(f"{station}: more than one primary upstream")
 
 
 class ConfigError(Exception):
@@ -111,6 +217,14 @@ class Settings(BaseSettings):
     ocpp_tls_cert_file: str = ""
     ocpp_tls_key_file: str = ""
     data_dir: Path = Path("data")
+
+    # --- Relay to other back offices (relay/, docs/relay.md) ---
+    ocpp_upstreams: Annotated[dict[str, list[UpstreamConfig]], NoDecode] = Field(
+        default_factory=dict)
+    ocpp_upstreams_file: str = ""
+    ocpp_upstream_timeout: float = Field(10, gt=0)
+    ocpp_upstream_reconnect_max_delay: float = Field(30, gt=0)
+    ocpp_upstream_queue_limit: int = Field(10000, ge=10)
 
     # --- Current limits (set_current_limit → SetChargingProfile) ---
     current_limit_purpose: Literal["TxDefaultProfile", "TxProfile", "ChargePointMaxProfile"] = (
@@ -205,6 +319,23 @@ class Settings(BaseSettings):
     def _json_dict(cls, value: Any) -> Any:
         return _json_value(value, dict)
 
+    @field_validator("ocpp_upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: Any) -> Any:
+        return _upstreams(value)
+
+    @field_validator("ocpp_upstreams")
+    @classmethod
+    def _valid_upstreams(cls, value: dict[str, list[UpstreamConfig]]
+                         ) -> dict[str, list[UpstreamConfig]]:
+        _check_upstreams(value)
+        return value
+
+    def upstreams_for(self, station: str) -> list[UpstreamConfig]:
+        """The upstreams of `station`: its own entry replaces `*`."""
+        found = self.ocpp_upstreams.get(station)
+        return list(found) if found is not None else list(self.ocpp_upstreams.get("*", ()))
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -239,13 +370,30 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_files(self) -> Settings:
         for name in ("mqtt_tls_ca_file", "mqtt_tls_cert_file", "mqtt_tls_key_file",
-                     "ocpp_basic_auth_file", "ocpp_tls_cert_file", "ocpp_tls_key_file"):
+                     "ocpp_basic_auth_file", "ocpp_tls_cert_file", "ocpp_tls_key_file",
+                     "ocpp_upstreams_file"):
             value = getattr(self, name)
             if value and not Path(value).is_file():
                 raise ValueError(f"{name.upper()}: file not found: {value}")
+        if self.ocpp_upstreams_file:
+            self._merge_upstreams_file()
         if bool(self.ocpp_tls_cert_file) != bool(self.ocpp_tls_key_file):
             raise ValueError("OCPP_TLS_CERT_FILE and OCPP_TLS_KEY_FILE must be set together")
         return self
+
+    def _merge_upstreams_file(self) -> None:
+        try:
+            raw = _upstreams(Path(self.ocpp_upstreams_file).read_text("utf-8"))
+            parsed = _UPSTREAMS.validate_python(raw)
+            merged = {**parsed, **self.ocpp_upstreams}  # the variable's entries win
+            _check_upstreams(merged)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"OCPP_UPSTREAMS_FILE: {path}: {first['msg']}") from None
+        except ValueError as exc:
+            raise ValueError(f"OCPP_UPSTREAMS_FILE: {exc}") from None
+        self.ocpp_upstreams = merged
 
     def redacted(self) -> dict[str, Any]:
         """Every setting by variable name, secrets masked (SECRET_FIELDS): for check-config."""
@@ -254,6 +402,9 @@ class Settings(BaseSettings):
             how = SECRET_FIELDS.get(key)
             if how == "values" and isinstance(value, dict):
                 value = dict.fromkeys(value, MASK)
+            elif how == "passwords" and isinstance(value, dict):
+                value = {station: [{**u, "password": MASK if u.get("password") else None}
+                                   for u in links] for station, links in value.items()}
             elif how is not None:
                 value = MASK if value else ""
             out[_env_name(key)] = value
@@ -281,6 +432,8 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         msg = first["msg"].removeprefix("Value error, ")
+        if len(first["loc"]) > 1:  # a field inside a JSON value: name it
+            msg = ".".join(str(p) for p in first["loc"][1:]) + f": {msg}"
         if not field:  # a whole-model check: its message already names the variable
             raise ConfigError(msg) from None
         raw = first.get("input")

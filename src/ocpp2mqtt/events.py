@@ -152,3 +152,23 @@ class ConfigurationReported(Event):
 @dataclass(slots=True)
 class ChargingEnabledChanged(Event):
     enabled: bool = True
+
+
+@dataclass(slots=True)
+class UpstreamChanged(Event):
+    """A back office's link (relay/) connected, disconnected, or its queue changed."""
+
+    upstream: str = ""
+    connected: bool = False
+    queue: int = 0  # the station's messages waiting for this back office
+
+
+@dataclass(slots=True)
+class UpstreamCommanded(Event):
+    """A back office sent the station a CALL; what became of it."""
+
+    upstream: str = ""
+    action: str = ""
+    payload: Any = None
+    allowed: bool = False  # relayed to the charger (else refused by the gateway)
+    response: Any = None  # the charger's answer, or ours; a CALLERROR as errorCode/…

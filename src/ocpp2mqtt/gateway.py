@@ -23,6 +23,7 @@ from ocpp2mqtt.extensions import Extension, ExtensionHost, GatewayContext, Reque
 from ocpp2mqtt.extensions.boot_configuration import BootConfigurationExtension
 from ocpp2mqtt.extensions.bridge import BridgeExtension
 from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
+from ocpp2mqtt.extensions.relay_topics import RelayTopicsExtension
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.extensions.state_topics import StateTopicsExtension
 from ocpp2mqtt.health import start_http
@@ -35,6 +36,7 @@ from ocpp2mqtt.ocpp.admission import Admission
 from ocpp2mqtt.ocpp.server import OcppServer
 from ocpp2mqtt.ocpp.session import SessionServices
 from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
+from ocpp2mqtt.relay.forwarding import Relay
 from ocpp2mqtt.replicas import Replicas
 from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import Store
@@ -67,25 +69,29 @@ class Gateway:
             StateDocumentExtension(),
             BootConfigurationExtension(),
             BridgeExtension(self._requests),
+            RelayTopicsExtension(),
         ]
         if s.homeassistant_discovery:
             extensions.append(HomeAssistantExtension())
         self.host = ExtensionHost(self.stations, extensions,
                                   lambda name: self.metrics.extension_errors.labels(name).inc())
-        self.server = OcppServer(
-            s, SessionServices(s, self.host.emit, self.authorizer, self.store, self.metrics,
-                               self.publisher),
-            Admission(s), self.instance_id, self.spawn)
+        services = SessionServices(s, self.host.emit, self.authorizer, self.store,
+                                   self.metrics, self.publisher)
+        self.server = OcppServer(s, services, Admission(s), self.instance_id, self.spawn)
         self.commands = CommandRunner(s, self.topics, self.server, self.router, self.publisher,
                                       self.store, self.authorizer, self.host.emit, self.metrics,
                                       self.spawn, self.instance_id, self.stations)
+        self.relay = services.relay = Relay(s, self.store, self.metrics, self.host.emit,
+                                            self.commands.call_station, self.stations,
+                                            self.spawn)
         self.replicas = Replicas(self.topics, self.router, self.server, self.host.emit,
                                  self.instance_id, self.started_at, self.commands.released,
                                  self.spawn)
         self.commands.owner_of = self.replicas.owner_of
         self.server.on_session_start += [self.replicas.session_started,
-                                         self.commands.session_started, self._warn_shared_topics]
-        self.server.on_session_end.append(self.commands.session_ended)
+                                         self.commands.session_started,
+                                         self.relay.session_started, self._warn_shared_topics]
+        self.server.on_session_end += [self.commands.session_ended, self.relay.session_ended]
         self.mqtt.on_connected = self._mqtt_connected
         self.mqtt.on_disconnected = self.publisher.disconnected
         self.metrics.live(self._live_metrics)
@@ -108,6 +114,7 @@ class Gateway:
         self.host.start(self._context)
         self.commands.start()
         self.replicas.start()
+        self.relay.start()
         now = utc_now()
         for station in s.expected_charge_points:
             try:
@@ -122,6 +129,7 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, close chargers (1001 going away), publish offline, flush."""
         await self.server.stop()
+        await self.relay.stop()
         for task in list(self._tasks):
             task.cancel()
         if self.http_server is not None:

@@ -78,6 +78,15 @@ class Metrics:
             "ocpp2mqtt_extension_errors", "Exceptions raised by an extension (or an MQTT "
             "handler), caught before they reached a charger or another extension.",
             ["extension"], registry=r)
+        self.upstream_messages = Counter(
+            "ocpp2mqtt_upstream_messages", "Charger messages relayed to a back office, by "
+            "upstream and result: answered, error (CALLERROR), invalid (answer not per schema),"
+            " late (not answered within OCPP_UPSTREAM_TIMEOUT; still queued), dropped.",
+            ["upstream", "result"], registry=r)
+        self.upstream_commands = Counter(
+            "ocpp2mqtt_upstream_commands", "CALLs from back offices, by upstream and outcome: "
+            "relayed to the charger, blocked (not allowed), refused (names another station's "
+            "transaction or connector).", ["upstream", "outcome"], registry=r)
         self._received: dict[str, Counter] = {}
 
     def message_received(self, action: str) -> None:

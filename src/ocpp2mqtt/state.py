@@ -100,6 +100,14 @@ class ConnectorState:
 
 
 @dataclass(slots=True)
+class UpstreamStatus:
+    """A back office the station's messages are relayed to (relay/)."""
+
+    connected: bool = False
+    queue: int = 0
+
+
+@dataclass(slots=True)
 class StationState:
     station: str
     connector_topics_mode: ConnectorTopicsMode = "auto"
@@ -108,6 +116,7 @@ class StationState:
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
     boot: ev.BootInfo | None = None
     many_connectors: bool = False  # a connector ≥ 2 was reported (CONNECTOR_TOPICS=auto)
+    upstreams: dict[str, UpstreamStatus] = field(default_factory=dict)  # by upstream name
 
     # --- the connector-topics rule ------------------------------------------------
     @property
@@ -404,6 +413,15 @@ def _charging_enabled(w: _Writer, e: ev.ChargingEnabledChanged) -> None:
     w.set("charging_enabled", e.enabled)
 
 
+def _upstream(w: _Writer, e: ev.UpstreamChanged) -> None:
+    # Not a `state/<key>` value: rendered on `<prefix>/upstream/<name>/…` (relay_topics).
+    status = w.state.upstreams.get(e.upstream)
+    if status is None:
+        status = w.state.upstreams[e.upstream] = UpstreamStatus()
+        w.update.structural = True
+    status.connected, status.queue = e.connected, e.queue
+
+
 _REDUCERS: dict[type, Any] = {
     ev.Connected: _connected,
     ev.Disconnected: _disconnected,
@@ -417,6 +435,7 @@ _REDUCERS: dict[type, Any] = {
     ev.DataTransferred: _data_transfer,
     ev.NotificationReceived: _notification,
     ev.ChargingEnabledChanged: _charging_enabled,
+    ev.UpstreamChanged: _upstream,
 }
 
 

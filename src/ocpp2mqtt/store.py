@@ -1,4 +1,5 @@
-"""What must survive a restart: transaction ids, per-station flags, instance id.
+"""What must survive a restart: transaction ids, per-station flags, instance id, and the
+relay's queues and transaction-id maps (relay/).
 
 SQLite in the data directory. Calls are synchronous and small (one row per
 transaction start/stop), so they run inline on the event loop; WAL mode keeps
@@ -45,7 +46,42 @@ CREATE TABLE IF NOT EXISTS station_flags (
     station TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (station, key)
 );
+-- Messages for a back office (relay/), in the order the charger sent them; a row
+-- leaves when the back office answered it.
+CREATE TABLE IF NOT EXISTS relay_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    station TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    version TEXT NOT NULL,
+    action TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    local_tx INTEGER,  -- 1.6: the gateway's row of the transaction the message belongs to
+    transactional INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS relay_queue_link ON relay_queue (station, upstream, seq);
+-- 1.6: the id a back office gave a transaction, when it is not the charger's.
+CREATE TABLE IF NOT EXISTS relay_transactions (
+    station TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    local_tx INTEGER NOT NULL,
+    upstream_tx INTEGER NOT NULL,
+    PRIMARY KEY (station, upstream, local_tx)
+);
 """
+# Indexes that need the columns MIGRATIONS add.
+LATE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS transactions_charger ON transactions
+    (station, COALESCE(charger_id, id));
+CREATE INDEX IF NOT EXISTS transactions_charger_id ON transactions (charger_id)
+    WHERE charger_id IS NOT NULL;
+"""
+# (table, column, definition): columns added after a table first shipped.
+MIGRATIONS = (
+    # 1.6 with a primary back office: the charger uses the id the back office gave.
+    ("transactions", "charger_id", "INTEGER"),
+)
 
 
 @dataclass(slots=True)
@@ -69,6 +105,10 @@ _CHARGER_TX_COLUMNS = ("station, transaction_id, evse_id, id_tag, meter_start, s
 
 @dataclass(slots=True)
 class Transaction:
+    """An OCPP 1.6 transaction. `id` is the one the charger uses: the gateway's own
+    (`local_id`) or, when a primary back office answered its StartTransaction, that
+    back office's."""
+
     id: int
     station: str
     connector_id: int
@@ -76,6 +116,28 @@ class Transaction:
     meter_start: int
     started_at: str
     meter_stop: int | None = None
+    local_id: int = 0
+
+
+_TX_COLUMNS = ("COALESCE(charger_id, id), station, connector_id, id_tag, meter_start, "
+               "started_at, meter_stop, id")
+
+
+@dataclass(slots=True)
+class QueuedMessage:
+    """A charger's message waiting for a back office (relay/)."""
+
+    seq: int
+    version: str
+    action: str
+    payload: str  # JSON, as the charger sent it
+    local_tx: int | None
+    transactional: bool
+    created: float
+    attempts: int
+
+
+_QUEUE_COLUMNS = "seq, version, action, payload, local_tx, transactional, created, attempts"
 
 
 class Store:
@@ -86,6 +148,11 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        for table, column, definition in MIGRATIONS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        self._db.executescript(LATE_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -119,6 +186,11 @@ class Store:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    def set_charger_id(self, station: str, local_id: int, charger_id: int) -> None:
+        """The charger was given `charger_id` (a primary back office's) for our `local_id`."""
+        self._db.execute("UPDATE transactions SET charger_id=? WHERE id=? AND station=?",
+                         (None if charger_id == local_id else charger_id, local_id, station))
+
     def stop_transaction(
         self, station: str, transaction_id: int, meter_stop: int, stopped_at: str, reason: str
     ) -> Transaction | None:
@@ -131,30 +203,33 @@ class Store:
         if tx is not None:
             self._db.execute(
                 "UPDATE transactions SET meter_stop=?, stopped_at=?, reason=? WHERE id=?",
-                (meter_stop, stopped_at, reason, transaction_id),
+                (meter_stop, stopped_at, reason, tx.local_id),
             )
         return tx
 
     def transaction(self, station: str, transaction_id: int) -> Transaction | None:
+        """`station`'s transaction the charger calls `transaction_id` (the open one, if
+        a back office's id and one of ours ever coincide)."""
         row = self._db.execute(
-            "SELECT id, station, connector_id, id_tag, meter_start, started_at, meter_stop"
-            " FROM transactions WHERE id=? AND station=?",
-            (transaction_id, station),
+            f"SELECT {_TX_COLUMNS} FROM transactions WHERE station=? AND"
+            " COALESCE(charger_id, id)=? ORDER BY meter_stop IS NULL DESC, id DESC LIMIT 1",
+            (station, transaction_id),
         ).fetchone()
         return Transaction(*row) if row else None
 
     def transaction_owner(self, transaction_id: int) -> str | None:
         """The station a transaction id was handed to, if any."""
         row = self._db.execute(
-            "SELECT station FROM transactions WHERE id=?", (transaction_id,)
+            "SELECT station FROM transactions WHERE id=? AND charger_id IS NULL"
+            " UNION ALL SELECT station FROM transactions WHERE charger_id=? LIMIT 1",
+            (transaction_id, transaction_id),
         ).fetchone()
         return row[0] if row else None
 
     def open_transactions(self, station: str) -> list[Transaction]:
         rows = self._db.execute(
-            "SELECT id, station, connector_id, id_tag, meter_start, started_at, meter_stop"
-            " FROM transactions WHERE station=? AND meter_stop IS NULL ORDER BY id",
-            (station,),
+            f"SELECT {_TX_COLUMNS} FROM transactions WHERE station=? AND meter_stop IS NULL"
+            " ORDER BY id", (station,),
         ).fetchall()
         return [Transaction(*r) for r in rows]
 
@@ -194,6 +269,125 @@ class Store:
             f"SELECT {_CHARGER_TX_COLUMNS} FROM charger_transactions"
             " WHERE station=? AND ended=0 ORDER BY rowid", (station,)).fetchall()
         return [_charger_tx(row) for row in rows]
+
+
+    # --- the relay's queues and transaction-id maps (relay/) -------------------------------
+    def relay_enqueue(self, station: str, upstream: str, version: str, action: str,
+                      payload: str, local_tx: int | None, transactional: bool,
+                      created: float) -> int:
+        cur = self._db.execute(
+            "INSERT INTO relay_queue (station, upstream, version, action, payload, local_tx,"
+            " transactional, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (station, upstream, version, action, payload, local_tx, int(transactional),
+             created))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def relay_head(self, station: str, upstream: str,
+                   action: str | None = None) -> QueuedMessage | None:
+        """The oldest waiting message (of `action`, if given)."""
+        if action is None:
+            row = self._db.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM relay_queue WHERE station=? AND upstream=?"
+                " ORDER BY seq LIMIT 1", (station, upstream)).fetchone()
+        else:
+            row = self._db.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM relay_queue WHERE station=? AND upstream=?"
+                " AND action=? ORDER BY seq LIMIT 1", (station, upstream, action)).fetchone()
+        return _queued(row) if row else None
+
+    def relay_last(self, station: str, upstream: str, action: str,
+                   keep: int) -> list[QueuedMessage]:
+        """Waiting messages of `action` but message `keep`, newest first (up to 64)."""
+        rows = self._db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM relay_queue WHERE station=? AND upstream=?"
+            " AND action=? AND seq!=? ORDER BY seq DESC LIMIT 64",
+            (station, upstream, action, keep)).fetchall()
+        return [_queued(row) for row in rows]
+
+    def relay_delete(self, seq: int) -> None:
+        self._db.execute("DELETE FROM relay_queue WHERE seq=?", (seq,))
+
+    def relay_delete_action(self, station: str, upstream: str, action: str,
+                            keep: int) -> int:
+        """Drop the waiting messages of `action` but message `keep`; how many."""
+        return self._db.execute(
+            "DELETE FROM relay_queue WHERE station=? AND upstream=? AND action=? AND seq!=?",
+            (station, upstream, action, keep)).rowcount
+
+    def relay_drop_oldest(self, station: str, upstream: str, keep: int) -> bool:
+        """Drop the oldest waiting message outside a transaction (not message `keep`)."""
+        return self._db.execute(
+            "DELETE FROM relay_queue WHERE seq=(SELECT seq FROM relay_queue WHERE station=?"
+            " AND upstream=? AND transactional=0 AND seq!=? ORDER BY seq LIMIT 1)",
+            (station, upstream, keep)).rowcount > 0
+
+    def relay_attempted(self, seq: int) -> None:
+        self._db.execute("UPDATE relay_queue SET attempts=attempts+1 WHERE seq=?", (seq,))
+
+    def relay_answered(self, seq: int, station: str, upstream: str, local_tx: int | None,
+                       upstream_tx: int | None) -> None:
+        """The back office answered message `seq`: it leaves the queue, and the id the
+        back office gave the transaction (StartTransaction) is kept — both or neither."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM relay_queue WHERE seq=?", (seq,))
+            if local_tx is not None and upstream_tx is not None:
+                db.execute(
+                    "INSERT INTO relay_transactions (station, upstream, local_tx, upstream_tx)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (station, upstream, local_tx)"
+                    " DO UPDATE SET upstream_tx=excluded.upstream_tx",
+                    (station, upstream, local_tx, upstream_tx))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def relay_count(self, station: str, upstream: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM relay_queue WHERE station=? AND upstream=?",
+                               (station, upstream)).fetchone()
+        return int(row[0])
+
+    def relay_waiting(self) -> list[tuple[str, str]]:
+        """(station, upstream) of every non-empty queue."""
+        return [(r[0], r[1]) for r in self._db.execute(
+            "SELECT DISTINCT station, upstream FROM relay_queue ORDER BY station, upstream")]
+
+    def relay_start_known(self, station: str, upstream: str, local_tx: int) -> bool:
+        """The StartTransaction of `local_tx` is queued for, or was answered by, upstream."""
+        row = self._db.execute(
+            "SELECT 1 FROM relay_transactions WHERE station=? AND upstream=? AND local_tx=?"
+            " UNION ALL SELECT 1 FROM relay_queue WHERE station=? AND upstream=? AND"
+            " local_tx=? AND action='StartTransaction' LIMIT 1",
+            (station, upstream, local_tx, station, upstream, local_tx)).fetchone()
+        return row is not None
+
+    def relay_upstream_tx(self, station: str, upstream: str, local_tx: int) -> int | None:
+        row = self._db.execute(
+            "SELECT upstream_tx FROM relay_transactions WHERE station=? AND upstream=? AND"
+            " local_tx=?", (station, upstream, local_tx)).fetchone()
+        return int(row[0]) if row else None
+
+    def relay_local_tx(self, station: str, upstream: str, upstream_tx: int) -> int | None:
+        """Our transaction row that `upstream` knows as `upstream_tx` (newest first)."""
+        row = self._db.execute(
+            "SELECT local_tx FROM relay_transactions WHERE station=? AND upstream=? AND"
+            " upstream_tx=? ORDER BY local_tx DESC LIMIT 1",
+            (station, upstream, upstream_tx)).fetchone()
+        return int(row[0]) if row else None
+
+    def transaction_by_local_id(self, station: str, local_id: int) -> Transaction | None:
+        row = self._db.execute(
+            f"SELECT {_TX_COLUMNS} FROM transactions WHERE station=? AND id=?",
+            (station, local_id)).fetchone()
+        return Transaction(*row) if row else None
+
+
+def _queued(row: tuple[Any, ...]) -> QueuedMessage:
+    seq, version, action, payload, local_tx, transactional, created, attempts = row
+    return QueuedMessage(seq, version, action, payload, local_tx, bool(transactional), created,
+                         attempts)
 
 
 def _charger_tx(row: tuple[Any, ...]) -> ChargerTransaction:

@@ -76,6 +76,10 @@ class Topics:
     def command_result(self, station: str) -> str:
         return f"{self.prefix(station)}/cmd_result"
 
+    def upstream(self, station: str, name: str, leaf: str) -> str:
+        """`<prefix>/upstream/<name>/<leaf>`: a back office the station is relayed to."""
+        return f"{self.prefix(station)}/upstream/{name}/{leaf}"
+
     def config(self, station: str, key: str) -> str:
         return f"{self.prefix(station)}/config/{key}"
 

@@ -191,6 +191,16 @@ CONTROLS: tuple[Control, ...] = (
             options=(("options", ["Operative", "Inoperative"]), ("entity_category", "config"))),
 )
 
+# A back office of a relayed station (docs/relay.md): (topic leaf, name, config).
+UPSTREAM_ENTITIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("connection_state", "Back office {name}",
+     {"platform": "binary_sensor", "device_class": "connectivity",
+      "payload_on": "CONNECTED", "payload_off": "DISCONNECTED"}),
+    ("queue", "Back office {name} queue",
+     {"platform": "sensor", "state_class": "measurement", "unit_of_measurement": "messages",
+      "icon": "mdi:tray-full"}),
+)
+
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9_-]")
 _PHASE_LABELS = {"n": "N"}
 
@@ -220,6 +230,7 @@ class _Station:
     recovered_device: dict[str, Any] = field(default_factory=dict)
     broker: str | None = None  # the document the broker holds, as far as we know
     echoes: list[str] = field(default_factory=list)  # published, not yet seen back
+    upstreams: set[str] = field(default_factory=set)  # back offices it is relayed to
 
     @property
     def uid(self) -> str:
@@ -227,12 +238,12 @@ class _Station:
 
     def reset(self) -> None:
         """Forget what was discovered (remove_station); keep what the broker holds."""
-        self.seen, self.connectors = set(), set()
+        self.seen, self.connectors, self.upstreams = set(), set(), set()
         self.boot, self.booted, self.removed = {}, False, False
         self.recovered, self.recovered_device = {}, {}
 
     def empty(self) -> bool:
-        return not (self.seen or self.booted or self.recovered)
+        return not (self.seen or self.booted or self.recovered or self.upstreams)
 
 
 def _device_fields(info: ev.BootInfo) -> dict[str, str]:
@@ -291,6 +302,9 @@ class HomeAssistantExtension(BaseExtension):
         changed = update.structural
         if type(event) is ev.Booted:
             changed = self._boot(st, event.info) or changed
+        elif type(event) is ev.UpstreamChanged and event.upstream not in st.upstreams:
+            st.upstreams.add(event.upstream)
+            changed = True
         connector = getattr(event, "connector_id", None)
         if connector and connector > 0 and connector not in st.connectors:
             st.connectors.add(connector)
@@ -371,6 +385,22 @@ class HomeAssistantExtension(BaseExtension):
             for control in CONTROLS:
                 for cid, config in self._control_components(st, control, multi):
                     out[cid] = config
+        for name in sorted(st.upstreams):
+            out.update(self._upstream_components(st, name))
+        return out
+
+    def _upstream_components(self, st: _Station, name: str) -> dict[str, dict[str, Any]]:
+        """A back office the station is relayed to (docs/relay.md): its link and queue.
+        Available while the station is offline too: the queue drains meanwhile."""
+        topics = self.ctx.topics
+        out = {}
+        for leaf, label, options in UPSTREAM_ENTITIES:
+            cid = f"upstream_{name}_{leaf}"
+            out[cid] = {**options, "name": label.format(name=name),
+                        "entity_category": "diagnostic",
+                        "availability": [{"topic": topics.bridge_state}],
+                        "state_topic": topics.upstream(st.name, name, leaf),
+                        "unique_id": f"{st.uid}_{cid}"}
         return out
 
     def _state_component(self, st: _Station, state: StationState | None,

@@ -20,7 +20,8 @@ Keys are the per-key topic names; `<key>/<phase>` topics are `<key>.phases.<phas
 per-connector topics are, see CONNECTOR_TOPICS). Numbers are JSON numbers; an
 OCPP 1.6 transaction id is a number, `transaction_id` is null when no transaction
 runs; a measurand's `value` is null when only values without an aggregate (a
-neutral phase, signed data) were sent.
+neutral phase, signed data) were sent. A relayed station (docs/relay.md) has
+`"upstreams": {"<name>": {"connection_state": "CONNECTED", "queue": 0}}`.
 
 Publishing is coalesced: an event only marks the station; one `loop.call_soon`
 per event-loop tick renders and publishes each marked station once. A MeterValues
@@ -84,6 +85,10 @@ def render(state: StationState) -> dict[str, Any]:
             connectors[str(n)] = shown
     if connectors:
         doc["connectors"] = connectors
+    if state.upstreams:
+        doc["upstreams"] = {
+            name: {"connection_state": "CONNECTED" if u.connected else "DISCONNECTED",
+                   "queue": u.queue} for name, u in sorted(state.upstreams.items())}
     return doc
 
 
@@ -96,7 +101,7 @@ class StateDocumentExtension(BaseExtension):
         self.published = 0
 
     def on_event(self, event: ev.Event, state: StationState, update: StateUpdate) -> None:
-        if not update.changes:
+        if not update.changes and type(event) is not ev.UpstreamChanged:
             return
         self._dirty[event.station] = state
         if not self._scheduled:

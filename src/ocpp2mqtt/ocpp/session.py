@@ -4,6 +4,11 @@ A session never waits on MQTT: handlers are synchronous, emit typed events
 (which only update state and queue messages) and answer at once. The one await
 before an answer is the outbox's group commit, so what the charger reported is
 on disk before it hears back.
+
+A relayed station (OCPP_UPSTREAMS) answers its CALLs in order in a task of their own:
+each is first handed to the relay (queued for every back office, then up to
+OCPP_UPSTREAM_TIMEOUT for the deciding ones' answers), while the receive loop goes on
+taking the charger's answers to calls a back office or MQTT sent meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +53,26 @@ class Durability(Protocol):
     def durable(self) -> Awaitable[None]: ...
 
 
+class Decision(Protocol):
+    """What the back offices decided about one CALL (relay/policy.py `Decision`)."""
+
+    @property
+    def transaction_id(self) -> int | None: ...
+
+    def tag_status(self, local: str) -> str: ...
+
+    def merge(self, version: protocol.OcppVersion, action: str,
+              local: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class Forwarder(Protocol):
+    """The relay (relay/forwarding.py)."""
+
+    def relays(self, station: str) -> bool: ...
+
+    async def forward(self, session: Session, call: protocol.Call) -> Decision: ...
+
+
 @dataclass(slots=True)
 class SessionServices:
     """What the protocol edge needs of the rest of the gateway; one for all sessions."""
@@ -58,6 +83,10 @@ class SessionServices:
     store: Store
     metrics: Metrics
     durability: Durability
+    relay: Forwarder | None = None
+
+
+RELAYED_BACKLOG = 64  # CALLs a relayed charger may send before we answered (OCPP-J: 1)
 
 
 Handler = Callable[["Session", dict[str, Any], str], dict[str, Any]]
@@ -79,6 +108,8 @@ class Session:
         self.taken_over = False  # another gateway replica has this station now
         self.owned_transactions: dict[int, bool] = {}  # 1.6 transaction id → this station's?
         self.memory: Any = None  # what a version's handlers remember about the station
+        self.decision: Decision | None = None  # the back offices', for the CALL in hand
+        self._relayed: asyncio.Queue[protocol.Call] | None = None
 
     # --- receive loop ---------------------------------------------------------------
     async def run(self) -> None:
@@ -90,6 +121,10 @@ class Session:
         rate = services.settings.ocpp_rate_limit
         burst = float(services.settings.ocpp_rate_burst)
         tokens, last, throttled = burst, loop.time(), False
+        answering = None
+        if services.relay is not None and services.relay.relays(self.station):
+            self._relayed = asyncio.Queue()
+            answering = asyncio.create_task(self._answer_relayed())
         try:
             async for frame in ws:
                 if rate:
@@ -127,6 +162,8 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            if answering is not None:
+                answering.cancel()
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError("charger disconnected"))
@@ -141,6 +178,13 @@ class Session:
             self.services.metrics.frame_errors.labels(exc.error.code).inc()
             return protocol.encode_error(exc.unique_id, exc.error, self.version)
         if isinstance(msg, protocol.Call):
+            if self._relayed is not None:
+                if self._relayed.qsize() < RELAYED_BACKLOG:
+                    self._relayed.put_nowait(msg)
+                    return None
+                return protocol.encode_error(msg.unique_id, self.version.error(
+                    "GenericError", "too many CALLs without waiting for answers (OCPP-J "
+                    "allows one at a time)"), self.version)
             reply = self._answer(msg)
             return None if msg.send else reply  # an OCPP 2.1 SEND is never answered
         if isinstance(msg, protocol.CallError) and msg.after_result:
@@ -157,22 +201,79 @@ class Session:
             fut.set_exception(CallErrorReceived(msg.code, msg.description, msg.details))
         return None
 
-    def _answer(self, call: protocol.Call) -> str:
+    def _answer(self, call: protocol.Call, decision: Decision | None = None,
+                checked: bool = False) -> str:
         version = self.version
         try:
-            protocol.check_call(call, version, self.services.settings.ocpp_lenient_schema)
+            if not checked:
+                protocol.check_call(call, version, self.services.settings.ocpp_lenient_schema)
+            self.decision = decision
             payload = self.handlers[call.action](self, call.payload, utc_now())
+            if decision is not None:
+                payload = decision.merge(version, call.action, payload)
         except protocol.CallErrorReply as exc:
-            log.warning("%s: %s rejected with %s: %s", self.station, call.action, exc.code,
-                        exc.details.get("cause", ""))
-            self.services.metrics.frame_errors.labels(exc.code).inc()
-            return protocol.encode_error(call.unique_id, exc, version)
+            return self._refuse(call, exc)
         except Exception:
             log.exception("%s: internal error handling %s", self.station, call.action)
             return protocol.encode_error(call.unique_id, version.error(
                 "InternalError", "the gateway failed; see its log"), version)
+        finally:
+            self.decision = None
         self.services.metrics.message_received(call.action)
         return protocol.encode_result(call.unique_id, payload)
+
+    def _refuse(self, call: protocol.Call, exc: protocol.CallErrorReply) -> str:
+        log.warning("%s: %s rejected with %s: %s", self.station, call.action, exc.code,
+                    exc.details.get("cause", ""))
+        self.services.metrics.frame_errors.labels(exc.code).inc()
+        return protocol.encode_error(call.unique_id, exc, self.version)
+
+    async def _answer_relayed(self) -> None:
+        """Answer a relayed station's CALLs in order: each forwarded to the back offices
+        (durably queued, and the deciding ones' answers awaited) before ours is made."""
+        assert self._relayed is not None and self.services.relay is not None
+        relay, durability = self.services.relay, self.services.durability
+        while True:
+            call = await self._relayed.get()
+            try:
+                reply = await self._relayed_reply(relay, call)
+                if reply is None:
+                    continue
+                if durability.dirty:
+                    await durability.durable()
+                await self.ws.send(reply)
+            except ConnectionClosed:
+                return
+            except Exception:
+                # Like an exception in the receive loop: drop the connection, the charger
+                # comes back and sends its message again.
+                log.exception("%s: answering %s failed; closing the connection",
+                              self.station, call.action)
+                await self.ws.close(1011, "internal error")
+                return
+
+    async def _relayed_reply(self, relay: Forwarder, call: protocol.Call) -> str | None:
+        try:
+            protocol.check_call(call, self.version, self.services.settings.ocpp_lenient_schema)
+        except protocol.CallErrorReply as exc:
+            refusal = self._refuse(call, exc)
+            return None if call.send else refusal
+        decision: Decision | None
+        try:
+            decision = await relay.forward(self, call)
+        except Exception:
+            log.exception("%s: relaying %s failed; answering locally", self.station,
+                          call.action)
+            decision = None
+        reply = self._answer(call, decision, checked=True)
+        return None if call.send else reply
+
+    def tag_status(self, id_tag: str) -> str:
+        """Whether `id_tag` may charge here: AUTHORIZED_TAG_ID_LIST and charging_enabled,
+        or the back office that decides the tag (relay) unless charging is disabled."""
+        status = self.services.authorizer.status(self.station, id_tag)
+        decision = self.decision
+        return status if decision is None else decision.tag_status(status)
 
     # --- outgoing calls ----------------------------------------------------------
     async def call(self, action: str, payload: dict[str, Any], timeout: float) -> Any:

@@ -21,7 +21,7 @@ VERSION = "1.6"
 
 
 def _authorize(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
-    status = s.services.authorizer.status(s.station, p["idTag"])
+    status = s.tag_status(p["idTag"])
     s.services.emit(ev.Authorized(s.station, now, id_tag=p["idTag"], status=status))
     return {"idTagInfo": {"status": status}}
 
@@ -67,8 +67,11 @@ def _owns_transaction(s: Session, tx_id: int, action: str) -> bool:
     """False (logged, counted) for a transaction id another station was given."""
     owned = s.owned_transactions.get(tx_id)
     if owned is None:
-        owner = s.services.store.transaction_owner(tx_id)
-        owned = owner is None or owner == s.station  # unknown ids are the charger's own
+        store = s.services.store
+        # Unknown ids are the charger's own. A primary back office's id may equal one we
+        # gave another station: the station's own transactions are asked first.
+        owned = store.transaction(s.station, tx_id) is not None or \
+            store.transaction_owner(tx_id) in (None, s.station)
         if len(s.owned_transactions) > 64:
             s.owned_transactions.clear()
         s.owned_transactions[tx_id] = owned
@@ -97,10 +100,18 @@ def _meter_values(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
 
 def _start_transaction(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     services = s.services
-    status = services.authorizer.status(s.station, p["idTag"])
-    tx_id = services.store.start_transaction(
+    status = s.tag_status(p["idTag"])
+    store = services.store
+    tx_id = store.start_transaction(
         s.station, p["connectorId"], p["idTag"], p["meterStart"], p["timestamp"]
     )
+    decision = s.decision
+    if decision is not None:  # relayed: the id the primary back office gave, if it did
+        if decision.transaction_id is not None:
+            store.set_charger_id(s.station, tx_id, decision.transaction_id)
+        tx = store.transaction_by_local_id(s.station, tx_id)
+        if tx is not None:
+            tx_id = tx.id
     services.emit(ev.TransactionStarted(
         s.station, now, connector_id=p["connectorId"], transaction_id=str(tx_id),
         id_tag=p["idTag"], meter_start=p["meterStart"], timestamp=p["timestamp"],
@@ -146,7 +157,7 @@ def _stop_transaction(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]
     ))
     if "idTag" in p:
         # StopTransaction.conf carries the tag's authorization, like Authorize.conf.
-        return {"idTagInfo": {"status": services.authorizer.status(s.station, p["idTag"])}}
+        return {"idTagInfo": {"status": s.tag_status(p["idTag"])}}
     return {}
 
 

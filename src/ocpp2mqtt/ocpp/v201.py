@@ -99,7 +99,7 @@ def _authorize_token(s: Session, token: dict[str, Any] | None) -> str:
     authorizer = s.services.authorizer
     if token.get("type") == "NoAuthorization":  # free vend: nobody to check
         return "Accepted" if authorizer.charging_enabled(s.station) else "Blocked"
-    return authorizer.status(s.station, str(token.get("idToken", "")))
+    return s.tag_status(str(token.get("idToken", "")))
 
 
 # --- handlers ---------------------------------------------------------------------------------
