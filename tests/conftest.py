@@ -46,6 +46,9 @@ def make_settings(broker_port: int, basepath: str, data_dir: Any, **overrides: A
         ocpp_command_retry_base_delay=0.05,
         ocpp_command_retry_attempts=3,
         ocpp_response_timeout=5,
+        # Tests that step a current limit up and down want each step at once; the
+        # default (10 s between increases) has its own tests in test_current_control.py.
+        current_limit_min_interval=0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

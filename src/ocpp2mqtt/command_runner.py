@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -45,6 +45,9 @@ from ocpp2mqtt.topics import Topics
 log = logging.getLogger("ocpp2mqtt.commands")
 
 RECENT_LIMIT = 256  # commands remembered per station to recognise a handed-over copy
+
+
+Handler = Callable[[str, Any, dict[str, Any], bytes], Awaitable[dict[str, Any]]]
 
 
 class NotConnected(Exception):
@@ -85,6 +88,10 @@ class CommandRunner:
             voltage=settings.current_limit_voltage,
             kind=settings.current_limit_profile_kind,
         )
+        # Actions answered by a feature instead of a plan (charging/control.py:
+        # set_current_limit, set_phases, clear_current_limit; load balancing:
+        # set_charge_mode): (station, command id, args, raw) → the result document.
+        self.handlers: dict[str, Handler] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._watching: dict[str, Callable[[], None]] = {}  # station → unsubscribe
         self._linger: dict[str, asyncio.TimerHandle] = {}
@@ -217,7 +224,10 @@ class CommandRunner:
         name = state.values.get("ocpp_version") if state is not None else None
         return protocol.BY_NAME.get(str(name), protocol.V16)
 
-    def _facts(self, station: str) -> commands.StationFacts:
+    def register(self, action: str, handler: Handler) -> None:
+        self.handlers[action] = handler
+
+    def facts(self, station: str) -> commands.StationFacts:
         version = self.version_of(station)
         open_tx: dict[int, int | str] = {}
         if version is protocol.V16:
@@ -233,7 +243,20 @@ class CommandRunner:
     async def _execute(self, station: str, raw: bytes) -> dict[str, Any]:
         target = station or self.server.last_station or ""
         try:
-            plan = commands.plan(raw, self._facts(target))
+            command_id, action, args = commands.parse(raw)
+            handler = self.handlers.get(commands.normalise_action(action))
+            if handler is not None:
+                return await handler(target, command_id, args, raw)
+        except commands.CommandError as exc:
+            return commands.result_document(exc.action or "?", "error",
+                                            command_id=exc.command_id, error=str(exc))
+        return await self.run_plan(station, raw)
+
+    async def run_plan(self, station: str, raw: bytes) -> dict[str, Any]:
+        """A command the plain way: plan (commands/), call, the result document."""
+        target = station or self.server.last_station or ""
+        try:
+            plan = commands.plan(raw, self.facts(target))
         except commands.CommandError as exc:
             return commands.result_document(exc.action or "?", "error",
                                             command_id=exc.command_id, error=str(exc))

@@ -108,6 +108,107 @@ class UpstreamConfig(BaseModel):
 _UPSTREAMS = TypeAdapter(dict[str, list[UpstreamConfig]])
 
 
+class GroupStation(BaseModel):
+    """A station of a load-balancing group (docs/load-balancing.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    priority: int = 0  # higher is served first
+    min_current: float = Field(6.0, ge=0)  # below this the station is paused
+    max_current: float | None = Field(None, gt=0)  # default CURRENT_LIMIT_MAX
+    phases: int = Field(3, ge=1, le=3)  # for solar: watts ↔ amps
+
+
+class GroupConfig(BaseModel):
+    """A load-balancing group: stations behind one fuse (docs/load-balancing.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=UPSTREAM_NAME)
+    stations: tuple[GroupStation, ...] = Field(min_length=1)
+    max_current: float = Field(gt=0)  # A per phase: the fuse
+    meter_topic: str | None = None  # the rest of the house, A: plain or {"l1","l2","l3"}
+    meter_stale_s: float = Field(60, gt=0)
+    failsafe_current: float = Field(6, ge=0)
+    failsafe_validity_s: float = Field(120, ge=1)
+    reserve_s: float = Field(120, ge=0)
+    grid_power_topic: str | None = None  # solar: W at the grid connection, export negative
+    voltage: float = Field(230, gt=0)
+    solar_smoothing_s: float = Field(30, ge=0)
+    solar_start_s: float = Field(60, ge=0)
+    solar_stop_s: float = Field(300, ge=0)
+    solar_min_on_s: float = Field(300, ge=0)
+    solar_min_off_s: float = Field(300, ge=0)
+
+    @field_validator("stations", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"id": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("meter_topic", "grid_power_topic")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(ch in value for ch in "+#\0")):
+            raise ValueError("must be an MQTT topic without wildcards (+, #)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> GroupConfig:
+        ids = [s.id for s in self.stations]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a station is listed twice")
+        return self
+
+
+def _groups(value: Any) -> Any:
+    value = _json_value(value, list)
+    seen: dict[str, str] = {}
+    for group in value:
+        if not isinstance(group, dict):
+            raise ValueError("must be a list of group objects")
+        for station in group.get("stations") or ():
+            sid = station if isinstance(station, str) else (
+                station.get("id") if isinstance(station, dict) else None)
+            if isinstance(sid, str) and sid in seen and seen[sid] != group.get("name"):
+                raise ValueError(f"station {sid!r} is in two groups ({seen[sid]}, "
+                                 f"{group.get('name')})")
+            if isinstance(sid, str):
+                seen[sid] = str(group.get("name"))
+    names = [g.get("name") for g in value]
+    if len(set(names)) != len(names):
+        raise ValueError("group names repeat")
+    return value
+
+
+def _steps(value: Any) -> Any:
+    """CURRENT_LIMIT_STEPS: "6,8,10" for every station, or JSON {station: "6,8" | [6, 8]}."""
+    from ocpp2mqtt.charging.knowledge import parse_steps
+
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if not text.startswith("{"):
+            return {"*": parse_steps(text)}
+        value = _json_value(text, dict)
+    if isinstance(value, dict):
+        out = {}
+        for station, steps in value.items():
+            if isinstance(steps, list):
+                steps = ",".join(str(s) for s in steps)
+            if not isinstance(steps, str):
+                raise ValueError(f"{station}: must be a comma list or a list of currents")
+            try:
+                out[station] = parse_steps(steps)
+            except ValueError as exc:
+                raise ValueError(f"{station}: {exc}") from None
+        return out
+    return value
+
+
 def _upstreams(value: Any) -> Any:
     value = _json_value(value, dict)
     for station, upstreams in value.items():
@@ -239,6 +340,15 @@ class Settings(BaseSettings):
     current_limit_phases: int = Field(3, ge=1, le=3)
     current_limit_voltage: float = Field(230.0, gt=0)
     current_limit_max: float = Field(32.0, gt=0)
+    # Kind to the flash (charging/knowledge.py): increases only past the hysteresis, at
+    # most once per interval per station; decreases at once.
+    current_limit_min_interval: float = Field(10.0, ge=0)
+    current_limit_hysteresis: float = Field(1.0, ge=0)
+    current_limit_steps: Annotated[dict[str, tuple[float, ...]], NoDecode] = Field(
+        default_factory=dict)
+
+    # --- Load balancing and solar (docs/load-balancing.md) ---
+    load_balancing: Annotated[tuple[GroupConfig, ...], NoDecode] = ()
 
     # --- Configuration on boot ---
     ocpp_boot_configuration: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
@@ -330,6 +440,24 @@ class Settings(BaseSettings):
                          ) -> dict[str, list[UpstreamConfig]]:
         _check_upstreams(value)
         return value
+
+    @field_validator("load_balancing", mode="before")
+    @classmethod
+    def _parse_groups(cls, value: Any) -> Any:
+        return _groups(value)
+
+    @field_validator("current_limit_steps", mode="before")
+    @classmethod
+    def _parse_steps(cls, value: Any) -> Any:
+        return _steps(value)
+
+    def steps_for(self, station: str) -> tuple[float, ...] | None:
+        """CURRENT_LIMIT_STEPS of `station` (its own entry, else the one for every station)."""
+        return self.current_limit_steps.get(station) or self.current_limit_steps.get("*")
+
+    def pinned(self, name: str) -> bool:
+        """The user set this CURRENT_LIMIT_* setting: it is not varied (charging/)."""
+        return name in self.model_fields_set
 
     def upstreams_for(self, station: str) -> list[UpstreamConfig]:
         """The upstreams of `station`: its own entry replaces `*`."""

@@ -155,6 +155,23 @@ class ChargingEnabledChanged(Event):
 
 
 @dataclass(slots=True)
+class CurrentLimitChanged(Event):
+    """What the gateway knows is in force at the station (charging/control.py)."""
+
+    limit: float | None = None  # A (a limit set in W: converted)
+    source: str | None = None  # the profile purpose, or config:<key>
+    status: str = "applied"  # applied | pending | rejected | unsupported
+    phases: int | None = None  # set by set_phases
+
+
+@dataclass(slots=True)
+class ChargeModeChanged(Event):
+    """The station's load-balancing mode: fast, solar, min_solar or off."""
+
+    mode: str = "fast"
+
+
+@dataclass(slots=True)
 class UpstreamChanged(Event):
     """A back office's link (relay/) connected, disconnected, or its queue changed."""
 

@@ -15,6 +15,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from ocpp2mqtt.authorization import Authorizer
+from ocpp2mqtt.charging.control import CurrentControl
 from ocpp2mqtt.clock import utc_now
 from ocpp2mqtt.command_runner import CommandRunner
 from ocpp2mqtt.config import Settings
@@ -23,6 +24,7 @@ from ocpp2mqtt.extensions import Extension, ExtensionHost, GatewayContext, Reque
 from ocpp2mqtt.extensions.boot_configuration import BootConfigurationExtension
 from ocpp2mqtt.extensions.bridge import BridgeExtension
 from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
+from ocpp2mqtt.extensions.load_balancing import LoadBalancingExtension
 from ocpp2mqtt.extensions.relay_topics import RelayTopicsExtension
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.extensions.state_topics import StateTopicsExtension
@@ -63,6 +65,7 @@ class Gateway:
         self.authorizer = Authorizer(s, self.store)
         self.stations = Stations(s.connector_topics)
         self._requests: dict[str, RequestHandler] = {}
+        self.current = CurrentControl(self.store, self.metrics)
         extensions = [
             *(extensions or []),
             StateTopicsExtension(),
@@ -70,6 +73,8 @@ class Gateway:
             BootConfigurationExtension(),
             BridgeExtension(self._requests),
             RelayTopicsExtension(),
+            self.current,
+            LoadBalancingExtension(self.current),
         ]
         if s.homeassistant_discovery:
             extensions.append(HomeAssistantExtension())
@@ -81,6 +86,9 @@ class Gateway:
         self.commands = CommandRunner(s, self.topics, self.server, self.router, self.publisher,
                                       self.store, self.authorizer, self.host.emit, self.metrics,
                                       self.spawn, self.instance_id, self.stations)
+        self.current.runner = self.commands
+        self.current.register = self.commands.register
+        self.current.emit = self.host.emit
         self.relay = services.relay = Relay(s, self.store, self.metrics, self.host.emit,
                                             self.commands.call_station, self.stations,
                                             self.spawn)

@@ -87,6 +87,11 @@ class Metrics:
             "ocpp2mqtt_upstream_commands", "CALLs from back offices, by upstream and outcome: "
             "relayed to the charger, blocked (not allowed), refused (names another station's "
             "transaction or connector).", ["upstream", "outcome"], registry=r)
+        self.limit_writes = Counter(
+            "ocpp2mqtt_current_limit_writes", "SetChargingProfile / ChangeConfiguration calls "
+            "that set a current limit (each one a flash write at the charger), by kind (limit, "
+            "renewal, failsafe) and result (applied, rejected, error).", ["kind", "result"],
+            registry=r)
         self._received: dict[str, Counter] = {}
 
     def message_received(self, action: str) -> None:

@@ -32,6 +32,11 @@ transaction), UnlockConnector, ChangeAvailability, TriggerMessage,
 Set/ClearChargingProfile, Get/SetVariables and GetBaseReport (→ NotifyReport)
 for a small device model (`DEVICE_MODEL`), DataTransfer.
 
+`--quirk` makes a charger behave like real ones do with current limits
+(docs/load-balancing.md, `QUIRKS`): it rejects TxDefaultProfile, takes only stack
+level 0, only Absolute profiles, only watts, only 6/8/10/13/16 A, has no smart
+charging but a vendor key (`Station-MaxCurrent`), or switches phases.
+
 A lost connection is retried with backoff; a transaction goes on while
 offline and is reported after reconnecting. `--duration` stops after N
 seconds, ending open transactions with reason `Local` (SIGINT/SIGTERM too).
@@ -94,6 +99,18 @@ def after(action: str) -> Callable[[_F], _F]:
 
 VENDOR = "ocpp2mqtt"
 MIN_CURRENT = 6.0  # IEC 61851: below 6 A offered, the car pauses
+# Real chargers' ways with current limits (docs/chargers.md), one flag each.
+QUIRKS = {
+    "no_tx_default": "rejects TxDefaultProfile (EVBox after an update)",
+    "stack0": "announces 10 stack levels, rejects all but 0 (Alfen 1.8.0)",
+    "absolute_only": "rejects Relative profiles (Easee)",
+    "watts_only": "announces and takes only W (Huawei FusionCharger)",
+    "steps": "takes only 6, 8, 10, 13 or 16 A (NEcharge)",
+    "no_smart_charging": "no SmartCharging profile; the vendor key Station-MaxCurrent",
+    "phase_switch": "announces ConnectorSwitch3to1PhaseSupported and follows numberPhases",
+}
+STEPS = (0.0, 6.0, 8.0, 10.0, 13.0, 16.0)
+VENDOR_KEY = "Station-MaxCurrent"
 ALL_MEASURANDS = (
     "Voltage,Current.Import,Current.Offered,Power.Active.Import,"
     "Energy.Active.Import.Register,SoC"
@@ -121,6 +138,7 @@ class SimConfig:
     ca_file: str | None = None  # for wss:// with a private CA
     insecure: bool = False  # wss:// without certificate verification (testing only)
     ocpp: str = "1.6"  # "1.6", "2.0.1" or "2.1": the only subprotocol offered
+    quirks: tuple[str, ...] = ()  # QUIRKS
 
     def station_ids(self) -> list[str]:
         return [f"{self.prefix}{i:04d}" for i in range(1, self.stations + 1)]
@@ -226,6 +244,17 @@ class Charger:
             "ChargingScheduleMaxPeriods": ["24", True],
             "MaxChargingProfilesInstalled": ["10", True],
         }
+        quirks = set(cfg.quirks)
+        if "watts_only" in quirks:
+            self.config["ChargingScheduleAllowedChargingRateUnit"] = ["Power", True]
+        if "no_smart_charging" in quirks:
+            self.config["SupportedFeatureProfiles"] = [
+                "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger", True]
+            self.config[VENDOR_KEY] = [_num(cfg.max_current), False]
+        if "phase_switch" in quirks:
+            self.config["ConnectorSwitch3to1PhaseSupported"] = ["true", True]
+        self.profile_writes = 0  # SetChargingProfile calls accepted (flash writes)
+        self.on_profile: Callable[[Charger], None] | None = None  # after each accepted one
         self.wake = asyncio.Event()  # something changed: the behaviour loop looks again
         self.heartbeat_changed = asyncio.Event()
 
@@ -247,12 +276,13 @@ class Charger:
             return "NotSupported"
         if entry[1]:
             return "Rejected"
-        if key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut"):
+        if key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut",
+                   VENDOR_KEY):
             try:
                 number = float(value)
             except ValueError:
                 return "Rejected"
-            if not math.isfinite(number) or number <= 0:
+            if not math.isfinite(number) or number < 0 or (number == 0 and key != VENDOR_KEY):
                 return "Rejected"
         elif key in ("AuthorizeRemoteTxRequests", "StopTransactionOnInvalidId"):
             if value.lower() not in ("true", "false"):
@@ -324,8 +354,23 @@ class Charger:
                 del self.profiles[pid]
         self.profiles[profile.id] = profile
 
+    def refuses(self, body: dict[str, Any]) -> bool:
+        """This charger's quirks (QUIRKS) refuse the profile."""
+        quirks = self.cfg.quirks
+        sched = body.get("charging_schedule") or {}
+        unit = sched.get("charging_rate_unit", "A")
+        limits = [float(p.get("limit", 0)) for p in sched.get("charging_schedule_period") or ()]
+        return (("no_tx_default" in quirks and body.get("charging_profile_purpose")
+                 == "TxDefaultProfile")
+                or ("stack0" in quirks and int(body.get("stack_level", 0)) > 0)
+                or ("absolute_only" in quirks and body.get("charging_profile_kind") == "Relative")
+                or ("watts_only" in quirks and unit != "W")
+                or ("steps" in quirks and (unit != "A" or any(v not in STEPS for v in limits))))
+
     def set_profile(self, connector_id: int, body: dict[str, Any]) -> bool:
         """Install a profile if this charger takes it (the current follows at once)."""
+        if self.refuses(body):
+            return False
         purpose = body.get("charging_profile_purpose")
         if connector_id not in (0, 1) or int(body.get("stack_level", 0)) > 10:
             return False
@@ -340,7 +385,10 @@ class Charger:
         if not periods or len(periods) > 24:
             return False
         self.install(connector_id, body)
+        self.profile_writes += 1
         self.wake.set()
+        if self.on_profile is not None:
+            self.on_profile(self)
         return True
 
     def clear_profiles(self, profile_id: int | None, connector_id: int | None,
@@ -410,6 +458,8 @@ class Charger:
         amps, phases = self.cfg.max_current, self.cfg.phases
         chosen = self._best("TxProfile", 1, now) or self._best("TxDefaultProfile", 1, now) \
             or self._best("TxDefaultProfile", 0, now)
+        if VENDOR_KEY in self.config:
+            amps = min(amps, float(self.config[VENDOR_KEY][0]))
         for period in (self._best("ChargePointMaxProfile", 0, now), chosen):
             if period is None:
                 continue
@@ -818,6 +868,8 @@ class SimulatedChargePoint(_Behaviour, ChargePoint):  # type: ignore[misc]  # oc
                                 cs_charging_profiles: dict[str, Any],
                                 **_: Any) -> call_result.SetChargingProfile:
         self._count("SetChargingProfile")
+        if "no_smart_charging" in self.ch.cfg.quirks:
+            raise NotSupportedError(details={"cause": "SmartCharging is not supported"})
         accepted = self.ch.set_profile(connector_id, cs_charging_profiles)
         return call_result.SetChargingProfile(status="Accepted" if accepted else "Rejected")
 
@@ -1414,7 +1466,6 @@ def _tls_context(cfg: SimConfig) -> ssl.SSLContext | None:
 
 async def run_station(charger: Charger, stop: asyncio.Event) -> StationStats:
     cfg = charger.cfg
-    url = f"{cfg.url.rstrip('/')}/{charger.station}"
     headers = {}
     if cfg.password is not None:
         token = base64.b64encode(f"{charger.station}:{cfg.password}".encode()).decode()
@@ -1425,6 +1476,7 @@ async def run_station(charger: Charger, stop: asyncio.Event) -> StationStats:
     first_idle = charger.rng.uniform(0, cfg.idle_seconds)
     while not stop.is_set():
         rebooting = False
+        url = f"{cfg.url.rstrip('/')}/{charger.station}"  # read at each connect (tests move it)
         try:
             async with websockets.connect(url, subprotocols=[subprotocol],
                                           open_timeout=10, ping_interval=None,
@@ -1528,6 +1580,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ocpp", choices=tuple(VERSIONS), default="1.6",
                         help="OCPP version spoken (the only subprotocol offered; "
                         "default %(default)s)")
+    parser.add_argument("--quirk", action="append", choices=sorted(QUIRKS), default=[],
+                        help="behave like a real charger with current limits (repeatable): "
+                        + "; ".join(f"{k}: {v}" for k, v in QUIRKS.items()))
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="DEBUG also logs every OCPP frame (default %(default)s)")
@@ -1540,6 +1595,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         duration=args.duration, max_current=args.max_current, phases=args.phases,
         soc=args.soc, id_tag=args.id_tag, seed=args.seed, password=args.password,
         ca_file=args.ca_file, insecure=args.insecure, ocpp=args.ocpp,
+        quirks=tuple(args.quirk),
     )
 
 

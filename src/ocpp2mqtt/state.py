@@ -413,6 +413,19 @@ def _charging_enabled(w: _Writer, e: ev.ChargingEnabledChanged) -> None:
     w.set("charging_enabled", e.enabled)
 
 
+def _current_limit(w: _Writer, e: ev.CurrentLimitChanged) -> None:
+    if e.status == "applied" or e.limit is not None:
+        w.set("current_limit", e.limit)
+        w.set("current_limit_source", e.source)
+    w.set("current_limit_status", e.status)
+    if e.phases is not None:
+        w.set("phases", e.phases)
+
+
+def _charge_mode(w: _Writer, e: ev.ChargeModeChanged) -> None:
+    w.set("charge_mode", e.mode)
+
+
 def _upstream(w: _Writer, e: ev.UpstreamChanged) -> None:
     # Not a `state/<key>` value: rendered on `<prefix>/upstream/<name>/…` (relay_topics).
     status = w.state.upstreams.get(e.upstream)
@@ -436,6 +449,8 @@ _REDUCERS: dict[type, Any] = {
     ev.NotificationReceived: _notification,
     ev.ChargingEnabledChanged: _charging_enabled,
     ev.UpstreamChanged: _upstream,
+    ev.CurrentLimitChanged: _current_limit,
+    ev.ChargeModeChanged: _charge_mode,
 }
 
 

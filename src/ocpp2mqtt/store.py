@@ -1,4 +1,5 @@
-"""What must survive a restart: transaction ids, per-station flags, instance id, and the
+"""What must survive a restart: transaction ids, per-station flags (also what current
+control learned about a charger, charging/), instance id, group limits, and the
 relay's queues and transaction-id maps (relay/).
 
 SQLite in the data directory. Calls are synchronous and small (one row per
@@ -165,6 +166,14 @@ class Store:
         value = uuid.uuid4().hex[:12]
         self._db.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?)", (value,))
         return value
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+                         " ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, value))
 
     def start_transaction(
         self, station: str, connector_id: int, id_tag: str, meter_start: int, started_at: str

@@ -50,6 +50,7 @@ class CurrentLimitPolicy:
     kind: str = "Relative"  # Easee takes only Absolute profiles
     phases: int = 3
     voltage: float = 230.0
+    valid_to: str | None = None  # load balancing: the profile lapses then (the failsafe holds)
 
 
 @dataclass(slots=True)

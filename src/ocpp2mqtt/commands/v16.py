@@ -31,6 +31,8 @@ def set_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
     }
     if policy.kind == "Absolute" and facts.now:
         profile["chargingSchedule"]["startSchedule"] = facts.now
+    if policy.valid_to:
+        profile["validTo"] = policy.valid_to
     if policy.purpose == "TxProfile":
         if not connector:
             # A TxProfile belongs to a transaction's connector, never connector 0.

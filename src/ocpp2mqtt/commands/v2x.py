@@ -228,6 +228,8 @@ def set_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
         "chargingProfilePurpose": purpose, "chargingProfileKind": policy.kind,
         "chargingSchedule": [schedule],
     }
+    if policy.valid_to:
+        profile["validTo"] = policy.valid_to
     if purpose == "TxProfile":
         if not evse:
             evse = next(iter(sorted(facts.open_transactions)), 0)

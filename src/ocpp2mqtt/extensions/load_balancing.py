@@ -1,0 +1,410 @@
+"""Load balancing and solar surplus across the stations of a group (docs/load-balancing.md).
+
+One loop per LOAD_BALANCING group. It wakes on every event of a member station
+(connect, boot, status, transaction, meter values), on every meter-topic and
+grid-power reading, on a runtime limit change, and once a second; it shares the
+group's capacity (charging/balancing.py) and has charging/control.py put each
+car's share in force: decreases first, and increases only once every decrease was
+accepted, so the sum of what the chargers offer never goes over the fuse.
+
+Each share is a profile whose validity is renewed while the gateway is healthy,
+over a failsafe profile (TxDefaultProfile, stack level 0, `failsafe_current`, no
+validity) installed when the station boots: a charger that loses the gateway
+falls back to the failsafe current by itself.
+
+MQTT: `<basepath>/bridge/groups/<name>` (retained JSON), `bridge/request/group_limit`
+`{"group", "max_current"}`, and per station the `set_charge_mode` command
+(`fast`, `solar`, `min_solar`, `off`) shown as `state/charge_mode`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ocpp2mqtt import commands
+from ocpp2mqtt import events as ev
+from ocpp2mqtt.charging.balancing import MODES, Demand, Solar, SolarTiming, allocate, give_back
+from ocpp2mqtt.charging.control import CurrentControl, Request
+from ocpp2mqtt.config import GroupConfig
+from ocpp2mqtt.extensions import BaseExtension, BridgeResponse, Context
+from ocpp2mqtt.mqtt.transport import Incoming
+from ocpp2mqtt.state import StateUpdate, StationState
+
+log = logging.getLogger("ocpp2mqtt.load_balancing")
+
+TICK = 1.0  # s between looks when nothing happens (renewals, stale meters, solar timers)
+RETRY_AFTER = 60.0  # s before a station whose charger refused its share is asked again
+# A car's current follows a new limit within seconds; a reading older than that says
+# nothing about what it would draw now.
+GIVE_BACK_AFTER = 5.0
+ACTIVE = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
+MODE_FLAG = "charge_mode"
+FAILSAFE_FLAG = "failsafe_current"
+_WAKING = (ev.Connected, ev.Disconnected, ev.Booted, ev.StatusChanged, ev.TransactionStarted,
+           ev.TransactionStopped, ev.MeterReading)
+
+
+@dataclass(slots=True)
+class _Group:
+    cfg: GroupConfig
+    max_current: float
+    solar: Solar
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    metered: float | None = None  # A, the worst phase
+    metered_at: float | None = None
+    modes: dict[str, str] = field(default_factory=dict)
+    caps: dict[str, float] = field(default_factory=dict)  # set_current_limit on a member
+    allocations: dict[str, float] = field(default_factory=dict)
+    reserved: dict[str, tuple[float, float]] = field(default_factory=dict)  # → (until, A)
+    failsafe: set[str] = field(default_factory=set)  # stations whose failsafe is in place
+    refused: dict[str, tuple[float, float]] = field(default_factory=dict)  # → (until, A)
+    announced: set[str] = field(default_factory=set)  # charge_mode published this run
+    read_at: dict[str, float] = field(default_factory=dict)  # last current reading
+    given_back: dict[str, float] = field(default_factory=dict)  # a car's cap (give_back)
+    published: bytes = b""
+
+
+class LoadBalancingExtension(BaseExtension):
+    name = "load_balancing"
+
+    def __init__(self, control: CurrentControl):
+        self.control = control
+        self.groups: dict[str, _Group] = {}
+        self.group_of: dict[str, _Group] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        store = self.control.store
+        for cfg in ctx.settings.load_balancing:
+            saved = store.meta(f"group_limit:{cfg.name}")
+            timing = SolarTiming(cfg.solar_smoothing_s, cfg.solar_start_s, cfg.solar_stop_s,
+                                 cfg.solar_min_on_s, cfg.solar_min_off_s)
+            g = _Group(cfg, float(saved) if saved else cfg.max_current,
+                       Solar(timing, cfg.voltage))
+            self.groups[cfg.name] = g
+            for member in cfg.stations:
+                self.group_of[member.id] = g
+                g.modes[member.id] = store.flag(member.id, MODE_FLAG, "fast")
+                self.control.grouped[member.id] = (cfg.name, self._cap)
+                if store.flag(member.id, FAILSAFE_FLAG, "") == f"{cfg.failsafe_current:g}":
+                    g.failsafe.add(member.id)
+                    self.control.slot(member.id).failsafe = cfg.failsafe_current
+            if cfg.meter_topic:
+                ctx.subscribe(cfg.meter_topic, functools.partial(self._on_meter, g))
+            if cfg.grid_power_topic:
+                ctx.subscribe(cfg.grid_power_topic, functools.partial(self._on_grid, g))
+            if len(cfg.stations) * cfg.failsafe_current > g.max_current:
+                log.warning("group %s: %d stations × failsafe_current %g A = %g A is more than "
+                            "max_current %g A: if the gateway is gone and every car charges, "
+                            "the fuse may trip", cfg.name, len(cfg.stations),
+                            cfg.failsafe_current, len(cfg.stations) * cfg.failsafe_current,
+                            g.max_current)
+            self._tasks.append(ctx.spawn(self._loop(g)))
+        if self.groups:
+            ctx.handle_request("group_limit", self._group_limit)
+            self.control.register("set_charge_mode", self._set_charge_mode)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    # --- inputs --------------------------------------------------------------------------
+    def on_event(self, event: ev.Event, state: StationState, update: StateUpdate) -> None:
+        g = self.group_of.get(event.station)
+        if g is None or not isinstance(event, _WAKING):
+            return
+        station = event.station
+        kind = type(event)
+        if kind is ev.Booted:
+            g.failsafe.discard(station)  # a rebooted charger may have lost it: set it again
+        elif kind is ev.Connected:
+            g.reserved.pop(station, None)
+            if station not in g.announced:
+                g.announced.add(station)
+                mode = g.modes.get(station, "fast")
+                self.ctx.defer(lambda: self.control.emit(
+                    ev.ChargeModeChanged(station, self.ctx.now(), mode=mode)))
+        elif kind is ev.MeterReading:
+            g.read_at[station] = asyncio.get_running_loop().time()
+        elif kind is ev.Disconnected:
+            given = g.allocations.get(station, 0.0)
+            if given > 0:
+                # It charges on without us: on its share until the profile lapses, then on
+                # the failsafe. Keep the larger for it for reserve_s.
+                until = asyncio.get_running_loop().time() + g.cfg.reserve_s
+                g.reserved[station] = (until, max(given, g.cfg.failsafe_current))
+        g.wake.set()
+
+    def _on_meter(self, g: _Group, message: Incoming) -> None:
+        amps = _amps(message.payload)
+        if amps is None:
+            log.warning("group %s: meter topic %s: expected a number (A) or "
+                        '{"l1", "l2", "l3"}, got %r', g.cfg.name, message.topic,
+                        message.payload[:80])
+            return
+        g.metered, g.metered_at = amps, asyncio.get_running_loop().time()
+        g.wake.set()
+
+    def _on_grid(self, g: _Group, message: Incoming) -> None:
+        watts = _number(message.payload)
+        if watts is None:
+            log.warning("group %s: grid power topic %s: expected a number (W, export "
+                        "negative), got %r", g.cfg.name, message.topic, message.payload[:80])
+            return
+        g.solar.reading(watts, asyncio.get_running_loop().time())
+        g.wake.set()
+
+    def _cap(self, station: str, amps: float | None) -> None:
+        g = self.group_of[station]
+        if amps is None:
+            g.caps.pop(station, None)
+        else:
+            g.caps[station] = amps
+        g.wake.set()
+
+    # --- the loop --------------------------------------------------------------------------
+    async def _loop(self, g: _Group) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(g.wake.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+            g.wake.clear()
+            try:
+                await self._balance(g)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("group %s: balancing failed; trying again", g.cfg.name)
+
+    def meter_stale(self, g: _Group, now: float) -> bool:
+        if not g.cfg.meter_topic:
+            return False
+        return g.metered_at is None or now - g.metered_at > g.cfg.meter_stale_s
+
+    async def _balance(self, g: _Group) -> None:
+        cfg = g.cfg
+        now = asyncio.get_running_loop().time()
+        stale = self.meter_stale(g, now)
+        metered = 0.0 if stale or g.metered is None else g.metered
+        capacity = g.max_current - metered
+        for station, (until, _) in list(g.reserved.items()):
+            if until <= now:
+                del g.reserved[station]
+        demands: list[Demand] = []
+        targets: dict[str, int] = {}  # connected stations with a car → charging connectors
+        connected_ids: list[str] = []
+        solar_rows = []
+        for member in cfg.stations:
+            sid = member.id
+            state = self.ctx.state(sid)
+            connected = state is not None and state.connected
+            charging = _charging_connectors(state) if connected and state is not None else 0
+            mode = g.modes.get(sid, "fast")
+            if connected:
+                connected_ids.append(sid)
+            if connected and charging:
+                targets[sid] = charging
+            top = min(member.max_current or self.ctx.settings.current_limit_max,
+                      g.caps.get(sid, math.inf))
+            drawing = _drawing(state) if state is not None else None
+            slot = self.control.slot(sid)
+            if not charging:
+                g.given_back.pop(sid, None)
+            elif g.read_at.get(sid, -math.inf) >= slot.changed_at + GIVE_BACK_AFTER:
+                cap = give_back(g.given_back.get(sid), drawing, slot.in_force,
+                                member.min_current)
+                if cap is None:
+                    g.given_back.pop(sid, None)
+                else:
+                    g.given_back[sid] = cap
+            top = min(top, g.given_back.get(sid, math.inf))
+            if stale:
+                top = min(top, cfg.failsafe_current)
+            if mode in ("solar", "min_solar"):
+                solar_rows.append((sid, mode, drawing or 0.0, member.phases,
+                                   member.min_current))
+            reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected else 0.0
+            demands.append(Demand(sid, member.priority, member.min_current, top,
+                                  active=bool(charging) and mode != "off", reserved=reserved,
+                                  steps=self.ctx.settings.steps_for(sid)))
+        if solar_rows:
+            fresh = g.solar.grid_at is not None and now - g.solar.grid_at <= cfg.meter_stale_s
+            solar_caps = g.solar.caps(now, solar_rows, fresh)
+            for d in demands:
+                if d.station in solar_caps:
+                    d.max_current = min(d.max_current, solar_caps[d.station])
+                    d.active = d.active and d.max_current > 0
+        g.allocations = allocate(capacity, demands)
+        log.debug("group %s: capacity %g A, targets %s → %s", cfg.name, capacity, targets,
+                  g.allocations)
+        await self._apply(g, targets, connected_ids, now)
+        self._publish(g, metered if not stale else None, stale, capacity)
+
+    async def _apply(self, g: _Group, targets: dict[str, int], connected: list[str],
+                     now: float) -> None:
+        cfg = g.cfg
+        control = self.control
+        for sid in connected:
+            if sid not in g.failsafe:
+                outcome = await control.install_failsafe(sid, cfg.failsafe_current)
+                if outcome.status == "applied":
+                    g.failsafe.add(sid)
+                    control.store.set_flag(sid, FAILSAFE_FLAG, f"{cfg.failsafe_current:g}")
+                else:
+                    log.warning("%s: failsafe profile (%g A) not accepted: %s", sid,
+                                cfg.failsafe_current, "; ".join(outcome.tried) or outcome.status)
+                    g.failsafe.add(sid)  # not again before the next boot
+        for sid in g.allocations:
+            if sid not in targets:
+                control.forget_wanted(sid)
+        decreases: list[tuple[str, float, int]] = []
+        increases: list[tuple[str, float, int]] = []
+        for sid, connectors in targets.items():
+            # A profile on connector 0 holds for each connector: share the station's part.
+            amps = math.floor(g.allocations.get(sid, 0.0) / connectors * 10) / 10
+            refused = g.refused.get(sid)
+            if refused is not None and refused[0] > now and refused[1] == amps:
+                continue
+            in_force = control.slot(sid).in_force
+            (decreases if in_force is None or amps < in_force else increases).append(
+                (sid, amps, connectors))
+        ok = await self._send(g, decreases, now)
+        if ok:
+            await self._send(g, increases, now)
+        elif increases:
+            log.warning("group %s: a decrease was not accepted; increases held back",
+                        g.cfg.name)
+
+    async def _send(self, g: _Group, rows: list[tuple[str, float, int]], now: float) -> bool:
+        if not rows:
+            return True
+        outcomes = await asyncio.gather(*(
+            self.control.request(sid, Request(amps, valid_for=g.cfg.failsafe_validity_s))
+            for sid, amps, _ in rows), return_exceptions=True)
+        ok = True
+        for (sid, amps, _), outcome in zip(rows, outcomes, strict=True):
+            status = getattr(outcome, "status", "error")
+            if status in ("applied", "unchanged", "pending"):
+                g.refused.pop(sid, None)
+                continue
+            ok = False
+            g.refused[sid] = (now + RETRY_AFTER, amps)
+            log.warning("%s: share %g A not put in force (%s)", sid, amps,
+                        outcome if isinstance(outcome, BaseException) else status)
+        return ok
+
+    def _publish(self, g: _Group, metered: float | None, stale: bool, capacity: float) -> None:
+        doc = {"name": g.cfg.name, "max_current": g.max_current, "metered": metered,
+               "meter_stale": stale, "available": round(max(capacity, 0.0), 1),
+               "allocations": g.allocations, "modes": g.modes,
+               "in_force": {sid: self.control.slot(sid).in_force for sid in g.allocations}}
+        body = orjson.dumps(doc)
+        if body != g.published:
+            g.published = body
+            self.ctx.publish(self.group_topic(g.cfg.name), body)
+
+    def group_topic(self, name: str) -> str:
+        return f"{self.ctx.topics.bridge}/groups/{name}"
+
+    # --- requests -------------------------------------------------------------------------
+    def _group_limit(self, request: Any) -> BridgeResponse:
+        names = ", ".join(sorted(self.groups))
+        if not isinstance(request, dict) or set(request) - {"id", "group", "max_current"}:
+            return BridgeResponse("error", {}, 'expected {"group": "<name>", '
+                                  '"max_current": <A>}')
+        g = self.groups.get(request.get("group"))  # type: ignore[arg-type]
+        if g is None:
+            return BridgeResponse("error", {}, f"unknown group {request.get('group')!r}; "
+                                  f"groups: {names}")
+        value = request.get("max_current")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not math.isfinite(value) or value <= 0:
+            return BridgeResponse("error", {"group": g.cfg.name},
+                                  f"max_current must be a number > 0 (A), got {value!r}")
+        g.max_current = float(value)
+        self.control.store.set_meta(f"group_limit:{g.cfg.name}", f"{g.max_current:g}")
+        log.info("group %s: max_current now %g A", g.cfg.name, g.max_current)
+        g.wake.set()
+        return BridgeResponse("ok", {"group": g.cfg.name, "max_current": g.max_current})
+
+    async def _set_charge_mode(self, station: str, command_id: Any,
+                               args: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        action = "set_charge_mode"
+        g = self.group_of.get(station)
+        mode = args.get("mode")
+        if set(args) - {"mode"} or mode not in MODES:
+            return commands.result_document(
+                action, "error", command_id,
+                error=f"set_charge_mode: args must be {{\"mode\": one of {', '.join(MODES)}}}, "
+                      f"got {args!r}")
+        if g is None:
+            return commands.result_document(
+                action, "error", command_id,
+                error=f"station {station!r} is in no LOAD_BALANCING group")
+        assert isinstance(mode, str)
+        g.modes[station] = mode
+        self.control.store.set_flag(station, MODE_FLAG, mode)
+        self.control.emit(ev.ChargeModeChanged(station, self.ctx.now(), mode=mode))
+        g.wake.set()
+        return commands.result_document(action, "ok", command_id, response={"mode": mode})
+
+
+# --- reading the state and the meter topics ----------------------------------------------------
+def _charging_connectors(state: StationState) -> int:
+    """Connectors with a car that charges or wants to (0: none)."""
+    found = sum(1 for n, c in state.connectors.items()
+                if n > 0 and c.values.get("status") in ACTIVE)
+    if not found and state.values.get("status") in ACTIVE:
+        found = 1
+    return found
+
+
+def _drawing(state: StationState) -> float | None:
+    current = state.meter.get("current_import")
+    if current is None:
+        return None
+    values = list(current.phases.values()) or (
+        [current.value] if current.value is not None else [])
+    return max(values) if values else None
+
+
+def _number(payload: bytes) -> float | None:
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _amps(payload: bytes) -> float | None:
+    """The house's other load: a number (A, every phase) or {"l1", "l2", "l3"}: the worst."""
+    value = _number(payload)
+    if value is not None:
+        return value
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    phases: list[float] = []
+    for name in ("l1", "l2", "l3"):
+        if name not in doc:
+            continue
+        value = doc[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value):
+            return None
+        phases.append(float(value))
+    return max(phases) if phases else None
