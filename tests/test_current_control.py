@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from ocpp2mqtt.charging import knowledge as kn
+from ocpp2mqtt.config import parse_steps
 from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.simulator import Charger, SimConfig, run_station
 from tests.test_simulator import Remote, until
@@ -242,7 +243,7 @@ def test_steps_and_when_to_write():
     assert kn.round_to_steps(7.6, None, 6, True) == 7
     assert kn.round_to_steps(5.9, None, 6, False) == 0
     with pytest.raises(ValueError, match="'x' is not a number"):
-        kn.parse_steps("6,x")
+        parse_steps("6,x")
     w = kn.when_to_write
     assert w(None, 10, None, 100, 10, 1) == 100  # nothing known: now
     assert w(16, 10, 99, 100, 10, 1) == 100  # decrease: now

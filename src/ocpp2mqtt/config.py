@@ -8,6 +8,7 @@ back silently: `load_settings` raises `ConfigError` naming the variable.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,10 +184,27 @@ def _groups(value: Any) -> Any:
     return value
 
 
+def parse_steps(text: str) -> tuple[float, ...]:
+    """"6,8,10,13,16" → (6.0, 8.0, 10.0, 13.0, 16.0); raises ValueError naming the bad part."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{part!r} is not a current ≥ 0")
+        out.append(value)
+    if not out:
+        raise ValueError("name at least one current")
+    return tuple(sorted(set(out)))
+
+
 def _steps(value: Any) -> Any:
     """CURRENT_LIMIT_STEPS: "6,8,10" for every station, or JSON {station: "6,8" | [6, 8]}."""
-    from ocpp2mqtt.charging.knowledge import parse_steps
-
     if isinstance(value, str):
         text = value.strip()
         if not text:
@@ -583,4 +601,5 @@ def env_documentation() -> list[tuple[str, Any]]:
     return out
 
 
-__all__ = ["SECRET_FIELDS", "ConfigError", "Settings", "env_documentation", "load_settings"]
+__all__ = ["SECRET_FIELDS", "ConfigError", "Settings", "env_documentation", "load_settings",
+           "parse_steps"]

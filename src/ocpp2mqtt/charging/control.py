@@ -33,7 +33,6 @@ from ocpp2mqtt.command_runner import Handler, NotConnected
 from ocpp2mqtt.commands import v2x
 from ocpp2mqtt.commands import v16 as v16_builders
 from ocpp2mqtt.commands.model import CommandError, current_limit, schema_check
-from ocpp2mqtt.extensions import BaseExtension
 from ocpp2mqtt.metrics import Metrics
 from ocpp2mqtt.ocpp import protocol
 from ocpp2mqtt.ocpp.session import CallErrorReceived
@@ -101,9 +100,11 @@ class _Slot:
     writes: int = 0
 
 
-class CurrentControl(BaseExtension):
-    name = "current_control"
+class CurrentControl:
+    """An extension (extensions/__init__.py's protocol) that the balancer builds on."""
 
+    name = "current_control"
+    ctx: Any  # extensions.Context, given at start
     def __init__(self, store: Store, metrics: Metrics):
         self.store = store
         self.metrics = metrics
@@ -116,10 +117,13 @@ class CurrentControl(BaseExtension):
         self._knowledge: dict[str, kn.Knowledge] = {}
 
     def start(self, ctx: Any) -> None:
-        super().start(ctx)
+        self.ctx = ctx
         self.register("set_current_limit", self._set_current_limit)
         self.register("set_phases", self._set_phases)
         self.register("clear_current_limit", self._clear_current_limit)
+
+    def on_mqtt_connected(self) -> None:
+        pass
 
     async def stop(self) -> None:
         for slot in self._slots.values():

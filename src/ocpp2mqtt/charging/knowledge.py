@@ -270,25 +270,6 @@ def round_to_steps(amps: float, steps: tuple[float, ...] | None, min_current: fl
     return 0.0 if amps < min_current else round(amps, 1)
 
 
-def parse_steps(text: str) -> tuple[float, ...]:
-    """"6,8,10,13,16" → (6.0, 8.0, 10.0, 13.0, 16.0); raises ValueError naming the bad part."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise ValueError(f"{part!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{part!r} is not a current ≥ 0")
-        out.append(value)
-    if not out:
-        raise ValueError("name at least one current")
-    return tuple(sorted(set(out)))
-
-
 # --- kind to the flash -------------------------------------------------------------------
 def when_to_write(in_force: float | None, wanted: float, last_write: float | None, now: float,
                   min_interval: float, hysteresis: float) -> float | None:
