@@ -16,6 +16,7 @@ from ocpp2mqtt.charging import knowledge as kn
 from ocpp2mqtt.config import parse_steps
 from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.simulator import Charger, SimConfig, run_station
+from tests.helpers import MqttRecorder
 from tests.test_simulator import Remote, until
 
 
@@ -485,19 +486,171 @@ def test_solar_starts_and_stops_without_chattering():
 
     solar = Solar(SolarTiming(smoothing_s=0, start_s=60, stop_s=120, min_on_s=300,
                               min_off_s=300))
-    row = [("PV", "solar", 0.0, 1, 6.0)]  # one phase, 6 A minimum = 1,380 W
+    row = [("PV", "solar", 1, 6.0)]  # one phase, 6 A minimum = 1,380 W
     solar.reading(-2000, 0)  # exporting 2 kW
     assert solar.caps(0, row, fresh=True) == {"PV": 0.0}  # not yet: 60 s above first
     assert solar.caps(59, row, fresh=True) == {"PV": 0.0}
     assert solar.caps(60, row, fresh=True)["PV"] == pytest.approx(2000 / 230)
-    # A cloud: the car draws 8.7 A, the grid imports 500 W: 1.5 kW surplus is left.
-    drawing = [("PV", "solar", 8.7, 1, 6.0)]
-    solar.reading(500, 61)
-    assert solar.caps(61, drawing, fresh=True)["PV"] == pytest.approx((8.7 * 230 - 500) / 230)
+    # A cloud: the car draws 8.7 A (2,001 W), the grid imports 500 W: 1.5 kW is left.
+    solar.reading(500, 61, drawing_w=8.7 * 230)
+    assert solar.caps(61, row, fresh=True)["PV"] == pytest.approx((8.7 * 230 - 500) / 230)
     # Too little for the minimum: it keeps 6 A (min_on_s and stop_s) before stopping.
-    solar.reading(1500, 62)
-    assert solar.caps(62, drawing, fresh=True)["PV"] == 6.0
-    assert solar.caps(300, drawing, fresh=True)["PV"] == 6.0  # on for < min_on_s
-    assert solar.caps(361, drawing, fresh=True)["PV"] == 0.0
+    solar.reading(1500, 62, drawing_w=8.7 * 230)
+    assert solar.caps(62, row, fresh=True)["PV"] == 6.0
+    assert solar.caps(300, row, fresh=True)["PV"] == 6.0  # on for < min_on_s
+    assert solar.caps(361, row, fresh=True)["PV"] == 0.0
     # No fresh grid reading: no surplus; min_solar keeps its minimum anyway.
-    assert solar.caps(400, [("PV", "min_solar", 0.0, 1, 6.0)], fresh=False) == {"PV": 6.0}
+    assert solar.caps(400, [("PV", "min_solar", 1, 6.0)], fresh=False) == {"PV": 6.0}
+    # Smoothing: a one-second spike moves a 30-second average by a thirtieth.
+    smooth = Solar(SolarTiming(smoothing_s=30))
+    smooth.reading(-3000, 0)
+    smooth.reading(3000, 1)
+    assert smooth.surplus_w == pytest.approx(3000 * 29 / 30)
+
+
+async def test_a_group_in_home_assistant(settings_factory, broker, recorder, basepath):
+    group = [{"name": "ha", "stations": ["HAG1"], "max_current": 25}]
+    discovery = f"hagroups{basepath.replace('/', '')}"
+    settings = settings_factory(load_balancing=orjson.dumps(group).decode(),
+                                homeassistant_discovery=True,
+                                homeassistant_discovery_prefix=discovery)
+    watch = MqttRecorder(broker.port, f"{discovery}/#")
+    try:
+        async with Gateway(settings) as gw:
+            async with stations(f"ws://127.0.0.1:{gw.port}", ["HAG1"]):
+                remote = Remote(recorder, f"{basepath}/HAG1")
+                await connected(remote)
+                doc = orjson.loads(await watch.wait_for(
+                    f"{discovery}/device/ocpp2mqtt_groups/ha/config"))
+                parts = doc["components"]
+                assert {"max_current", "metered", "available", "allocation_HAG1",
+                        "mode_HAG1"} <= set(parts)
+                # What Home Assistant sends when the user moves the number and the select.
+                number = parts["max_current"]
+                recorder.publish(number["command_topic"],
+                                 number["command_template"].replace("{{ value }}", "20"))
+                await until(lambda: group_doc(recorder, basepath, "ha").get("max_current")
+                            == 20, "group limit 20 A")
+                select = parts["mode_HAG1"]
+                assert select["state_topic"] == f"{basepath}/HAG1/state/charge_mode"
+                recorder.publish(select["command_topic"],
+                                 select["command_template"].replace("{{ value }}", "solar"))
+                await remote.expect("charge_mode", "solar")
+    finally:
+        watch.close()
+
+
+async def test_bad_group_input_gets_an_answer_and_changes_nothing(settings_factory, recorder,
+                                                                  basepath, caplog):
+    meter = f"{basepath}/bad/load"
+    group = [{"name": "bad", "stations": [{"id": "BAD1", "max_current": 16}],
+              "max_current": 25, "meter_topic": meter}]
+    settings = settings_factory(load_balancing=orjson.dumps(group).decode())
+    recorder.publish(meter, "5", retain=True)
+    async with Gateway(settings) as gw:
+        async with stations(f"ws://127.0.0.1:{gw.port}", ["BAD1"]) as (sim,):
+            remote = Remote(recorder, f"{basepath}/BAD1")
+            await connected(remote)
+            await remote.command("start_charging")
+            await until(lambda: sim.offered == 16, "16 A")
+            response = f"{basepath}/bridge/response/group_limit"
+            for request, error in (
+                    ({"group": "nope", "max_current": 10}, "unknown group 'nope'"),
+                    ({"group": "bad", "max_current": -3}, "max_current must be a number > 0"),
+                    ({"group": "bad", "max_current": "ten"}, "max_current must be a number"),
+                    ({"group": "bad", "limit": 10}, 'expected {"group"'),
+            ):
+                before = len(recorder.values(response))
+                recorder.publish(f"{basepath}/bridge/request/group_limit", orjson.dumps(request))
+                await until(lambda b=before: len(recorder.values(response)) > b, "answer")
+                answer = orjson.loads(recorder.values(response)[-1])
+                assert answer["status"] == "error" and error in answer["error"], answer
+            for garbage in ("abc", '{"l1": "x"}', "[1, 2]", "NaN"):
+                recorder.publish(meter, garbage)
+            recorder.publish(meter, "9", retain=True)  # the next good reading counts
+            await until(lambda: group_doc(recorder, basepath, "bad").get("metered") == 9,
+                        "metered 9 A")
+            warned = [r for r in caplog.records if "ignored until a good reading" in r.message]
+            assert len(warned) == 1, [r.message for r in warned]  # once, not per message
+            await until(lambda: sim.offered == 16, "still 16 A (25 − 9)")
+            assert group_doc(recorder, basepath, "bad")["max_current"] == 25
+            doc = await remote.command("set_charge_mode", mode="fast", speed=3)
+            assert doc["status"] == "error"
+
+
+def test_group_configuration_errors_name_the_variable():
+    from ocpp2mqtt.config import ConfigError, load_settings
+
+    cases = (
+        ('[{"name": "a", "stations": ["X"], "max_current": 0}]',
+         "LOAD_BALANCING: 0.max_current: Input should be greater than 0"),
+        ('[{"name": "a", "stations": ["X"], "max_current": 10},'
+         ' {"name": "b", "stations": ["X"], "max_current": 10}]',
+         "LOAD_BALANCING: station 'X' is in two groups (a, b)"),
+        ('[{"name": "a", "stations": [], "max_current": 10}]', "LOAD_BALANCING: 0.stations"),
+        ('[{"name": "a", "stations": ["X"], "max_current": 10, "meter_topic": "h/#"}]',
+         "LOAD_BALANCING: 0.meter_topic: must be an MQTT topic without wildcards"),
+        ('[{"name": "a", "stations": ["X"], "max_current": 10, "fuse": 3}]',
+         "LOAD_BALANCING: 0.fuse: Extra inputs are not permitted"),
+        ("{not json", "LOAD_BALANCING: not valid JSON"),
+    )
+    for raw, message in cases:
+        with pytest.raises(ConfigError) as info:
+            load_settings(_env_file=None, load_balancing=raw)
+        assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ConfigError, match=r"^CURRENT_LIMIT_STEPS: CP1: '-6' is not a current"):
+        load_settings(_env_file=None, current_limit_steps='{"CP1": "-6,8"}')
+    assert load_settings(_env_file=None, current_limit_steps='{"CP1": [16, 6]}').steps_for(
+        "CP1") == (6.0, 16.0)
+
+
+async def test_ocpp_201_current_control(settings_factory, recorder, basepath):
+    async with Gateway(settings_factory()) as gw:
+        async with stations(f"ws://127.0.0.1:{gw.port}", ["V2CC"], ocpp="2.0.1",
+                            quirks=("absolute_only",)) as (sim,):
+            remote = Remote(recorder, f"{basepath}/V2CC")
+            await connected(remote)
+            doc = await remote.command("set_current_limit", limit=11)
+            assert doc["status"] == "ok", doc
+            assert sim.offered == 11
+            assert sim.count("GetVariables") == 1
+            assert state(remote, "current_limit_source") == "TxDefaultProfile"
+            assert "Absolute" in doc["note"]  # found after Relative was refused
+            doc = await remote.command("set_current_limit", limit=7)
+            assert doc["status"] == "ok" and "note" not in doc, doc
+
+
+async def test_solar_surplus_end_to_end(settings_factory, recorder, basepath):
+    grid = f"{basepath}/solar/grid"
+    group = [{"name": "pv", "stations": [{"id": "PV1", "max_current": 16}], "max_current": 25,
+              "grid_power_topic": grid, "solar_smoothing_s": 0, "solar_start_s": 0,
+              "solar_stop_s": 2, "solar_min_on_s": 2, "solar_min_off_s": 2}]
+    settings = settings_factory(load_balancing=orjson.dumps(group).decode())
+    async with Gateway(settings) as gw:
+        async with stations(f"ws://127.0.0.1:{gw.port}", ["PV1"]) as (sim,):
+            remote = Remote(recorder, f"{basepath}/PV1")
+            await connected(remote)
+            assert (await remote.command("set_charge_mode", mode="solar"))["status"] == "ok"
+            # The house: the grid meter sees what the panels make minus what the car draws.
+            pv = {"w": 2760.0}  # 4 A on three phases: under the 6 A minimum
+
+            async def grid_meter() -> None:
+                while True:
+                    recorder.publish(grid, f"{sim.charger.power() - pv['w']:.0f}")
+                    await asyncio.sleep(0.2)
+
+            meter_task = asyncio.create_task(grid_meter())
+            try:
+                await remote.command("start_charging")
+                await until(lambda: sim.charger.tx is not None and sim.offered == 0, "paused")
+                pv["w"] = 5520.0  # 8 A of surplus
+                await until(lambda: 7 <= sim.offered <= 9, "about 8 A from the sun")
+                await asyncio.sleep(3)  # the car uses it all: it keeps charging from the sun
+                assert 7 <= sim.offered <= 9
+                pv["w"] = 2500.0  # a cloud
+                await until(lambda: sim.offered == 0, "paused again")
+                doc = await remote.command("set_charge_mode", mode="min_solar")
+                assert doc["status"] == "ok"
+                await until(lambda: sim.offered == 6, "the minimum, from the grid")
+            finally:
+                meter_task.cancel()

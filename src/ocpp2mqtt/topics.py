@@ -57,6 +57,7 @@ class Topics:
         self.discovery_devices = f"{discovery}/device/{NODE_ID}/"
         self.discovery_configs = f"{self.discovery_devices}+/config"
         self.discovery_sync = f"{self.bridge}/discovery_sync"
+        self.discovery_groups = f"{discovery}/device/{NODE_ID}_groups/"  # + <group>/config
         # Which replica holds which station (docs/scaling.md); per-station prefixes only.
         self.owner_claims = self.state(station="+", key=Key("gateway")) if self.per_station \
             else None

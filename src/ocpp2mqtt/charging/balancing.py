@@ -121,32 +121,31 @@ class Solar:
 
     timing: SolarTiming = field(default_factory=SolarTiming)
     voltage: float = 230.0
-    grid_w: float | None = None  # smoothed
+    surplus_w: float | None = None  # smoothed
     grid_at: float | None = None
     switches: dict[str, _Switch] = field(default_factory=dict)
 
-    def reading(self, watts: float, now: float) -> None:
-        """A new grid power reading: exponential smoothing over `smoothing_s`."""
-        if self.grid_w is None or self.grid_at is None or self.timing.smoothing_s <= 0:
-            self.grid_w = watts
+    def reading(self, grid_w: float, now: float, drawing_w: float = 0.0) -> None:
+        """A grid power reading, with what the solar stations drew at that moment (W):
+        what they draw is part of the grid figure, so the surplus is drawing − grid. Taken
+        together here, not later: a car's new current must not be counted against a
+        grid figure from before it (that feedback would run the limit up)."""
+        surplus = max(0.0, drawing_w - grid_w)
+        if self.surplus_w is None or self.grid_at is None or self.timing.smoothing_s <= 0:
+            self.surplus_w = surplus
         else:
             dt = max(now - self.grid_at, 0.0)
             alpha = min(1.0, dt / self.timing.smoothing_s) if dt > 0 else 0.0
-            self.grid_w += alpha * (watts - self.grid_w)
+            self.surplus_w += alpha * (surplus - self.surplus_w)
         self.grid_at = now
 
-    def caps(self, now: float, stations: list[tuple[str, str, float, int, float]],
+    def caps(self, now: float, stations: list[tuple[str, str, int, float]],
              fresh: bool) -> dict[str, float]:
-        """Per solar/min_solar station (id, mode, drawing A, phases, min A): the current
-        the surplus allows. `fresh`: the grid reading is recent (else: no surplus)."""
-        surplus_w = 0.0
-        if fresh and self.grid_w is not None:
-            # What the solar stations draw now is part of the grid figure: add it back.
-            drawing_w = sum(a * p * self.voltage for _, _, a, p, _ in stations)
-            surplus_w = max(0.0, drawing_w - self.grid_w)
+        """Per solar/min_solar station (id, mode, phases, min A): the current the surplus
+        allows. `fresh`: the grid reading is recent (else: no surplus)."""
+        left = self.surplus_w if fresh and self.surplus_w is not None else 0.0
         out: dict[str, float] = {}
-        left = surplus_w
-        for station, mode, _, phases, minimum in stations:
+        for station, mode, phases, minimum in stations:
             amps = left / (phases * self.voltage) if phases else 0.0
             sw = self.switches.setdefault(station, _Switch())
             on = self._decide(sw, amps >= minimum, now)

@@ -115,6 +115,7 @@ class CurrentControl:
         self.grouped: dict[str, tuple[str, Callable[[str, float | None], None]]] = {}
         self._slots: dict[str, _Slot] = {}
         self._knowledge: dict[str, kn.Knowledge] = {}
+        self._saved: dict[str, str] = {}  # station → the knowledge row last written
 
     def start(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -182,11 +183,16 @@ class CurrentControl:
             except orjson.JSONDecodeError:
                 known = kn.Knowledge()
             self._knowledge[station] = known
+            self._saved[station] = raw
         return known
 
     def _save(self, station: str, known: kn.Knowledge) -> None:
+        """Keep what was learned; written to the store only when it changed."""
         self._knowledge[station] = known
-        self.store.set_flag(station, KNOWLEDGE_FLAG, orjson.dumps(known.to_json()).decode())
+        text = orjson.dumps(known.to_json()).decode()
+        if self._saved.get(station) != text:
+            self._saved[station] = text
+            self.store.set_flag(station, KNOWLEDGE_FLAG, text)
 
     async def _probe(self, station: str, version: protocol.OcppVersion) -> kn.Knowledge:
         known = self.knowledge(station)
@@ -387,10 +393,8 @@ class CurrentControl:
         if known.works.get(way.purpose) != way or way.purpose in known.fails:
             known.works[way.purpose] = way
             known.fails.discard(way.purpose)
-            self._save(station, known)
             log.info("%s: current limits work as %s", station, way.describe())
-        else:
-            self._save(station, known)
+        self._save(station, known)
 
     def _applied(self, station: str, slot: _Slot, req: Request, way: kn.Way) -> None:
         loop = asyncio.get_running_loop()

@@ -176,6 +176,18 @@ class Limit:
     note: str | None
 
 
+def transaction_of(facts: StationFacts, connector: int, word: str) -> tuple[int, int | str]:
+    """A TxProfile's connector (`word`: "connector" or "EVSE") and its open transaction: a
+    TxProfile belongs to a transaction, never to connector 0 (0: the first with one)."""
+    if not connector:
+        connector = next(iter(sorted(facts.open_transactions)), 0)
+    tx = facts.open_transactions.get(connector)
+    if tx is None or not connector:
+        raise CommandError("set_current_limit: TxProfile needs an active transaction"
+                           + (f" on {word} {connector}" if connector else ""))
+    return connector, tx
+
+
 def current_limit(args: dict[str, Any], policy: CurrentLimitPolicy) -> Limit:
     only(args, {"limit", "unit", "connectorId", "numberPhases"}, "set_current_limit")
     limit = args.get("limit")

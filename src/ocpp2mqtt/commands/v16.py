@@ -12,6 +12,7 @@ from ocpp2mqtt.commands.model import (
     current_limit,
     int_arg,
     only,
+    transaction_of,
 )
 
 
@@ -34,15 +35,8 @@ def set_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
     if policy.valid_to:
         profile["validTo"] = policy.valid_to
     if policy.purpose == "TxProfile":
-        if not connector:
-            # A TxProfile belongs to a transaction's connector, never connector 0.
-            connector = next(iter(sorted(facts.open_transactions)), 0)
-            profile["chargingProfileId"] = policy.profile_id_base + connector
-        tx = facts.open_transactions.get(connector)
-        if tx is None or not connector:
-            raise CommandError("set_current_limit: TxProfile needs an active transaction"
-                               + (f" on connector {connector}" if connector else ""))
-        profile["transactionId"] = tx
+        connector, profile["transactionId"] = transaction_of(facts, connector, "connector")
+        profile["chargingProfileId"] = policy.profile_id_base + connector
     return Plan("", None, "SetChargingProfile",
                 {"connectorId": connector, "csChargingProfiles": profile}, note=limit.note)
 

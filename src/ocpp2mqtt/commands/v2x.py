@@ -21,6 +21,7 @@ from ocpp2mqtt.commands.model import (
     current_limit,
     int_arg,
     only,
+    transaction_of,
 )
 
 # OCPP 1.6 configuration keys and their 2.x component/variable (OCPP 2.0.1 part 2,
@@ -231,14 +232,8 @@ def set_current_limit(args: dict[str, Any], facts: StationFacts) -> Plan:
     if policy.valid_to:
         profile["validTo"] = policy.valid_to
     if purpose == "TxProfile":
-        if not evse:
-            evse = next(iter(sorted(facts.open_transactions)), 0)
-            profile["id"] = policy.profile_id_base + evse
-        tx = facts.open_transactions.get(evse)
-        if tx is None or not evse:
-            raise CommandError("set_current_limit: TxProfile needs an active transaction"
-                               + (f" on EVSE {evse}" if evse else ""))
-        profile["transactionId"] = str(tx)
+        evse, tx = transaction_of(facts, evse, "EVSE")
+        profile["id"], profile["transactionId"] = policy.profile_id_base + evse, str(tx)
     return Plan("", None, "SetChargingProfile", {"evseId": evse, "chargingProfile": profile},
                 note=limit.note)
 

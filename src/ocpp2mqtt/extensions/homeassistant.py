@@ -123,8 +123,6 @@ STATE_ENTITIES: tuple[StateEntity, ...] = (
                 category="diagnostic",
                 options=(("options", ["applied", "pending", "rejected", "unsupported"]),)),
     StateEntity("current_limit_source", "sensor", "Current limit source", category="diagnostic"),
-    StateEntity("charge_mode", "sensor", "Charge mode", "enum", icon="mdi:solar-power",
-                options=(("options", ["fast", "solar", "min_solar", "off"]),)),
     StateEntity("firmware_status", "sensor", "Firmware status", category="diagnostic"),
     StateEntity("diagnostics_status", "sensor", "Diagnostics status", category="diagnostic"),
 )

@@ -14,7 +14,9 @@ falls back to the failsafe current by itself.
 
 MQTT: `<basepath>/bridge/groups/<name>` (retained JSON), `bridge/request/group_limit`
 `{"group", "max_current"}`, and per station the `set_charge_mode` command
-(`fast`, `solar`, `min_solar`, `off`) shown as `state/charge_mode`.
+(`fast`, `solar`, `min_solar`, `off`) shown as `state/charge_mode`. With
+HOMEASSISTANT_DISCOVERY, each group is a Home Assistant device: the group limit as a
+number, the metered and available current, each station's share and its mode (a select).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from ocpp2mqtt.charging.balancing import MODES, Demand, Solar, SolarTiming, allo
 from ocpp2mqtt.charging.control import CurrentControl, Request
 from ocpp2mqtt.config import GroupConfig
 from ocpp2mqtt.extensions import BaseExtension, BridgeResponse, Context
+from ocpp2mqtt.extensions.homeassistant import ORIGIN, station_slug
 from ocpp2mqtt.mqtt.transport import Incoming
-from ocpp2mqtt.state import StateUpdate, StationState
+from ocpp2mqtt.state import Key, StateUpdate, StationState
 
 log = logging.getLogger("ocpp2mqtt.load_balancing")
 
@@ -68,6 +71,7 @@ class _Group:
     announced: set[str] = field(default_factory=set)  # charge_mode published this run
     read_at: dict[str, float] = field(default_factory=dict)  # last current reading
     given_back: dict[str, float] = field(default_factory=dict)  # a car's cap (give_back)
+    bad_input: set[str] = field(default_factory=set)  # topics whose garbage was logged
     published: bytes = b""
 
 
@@ -111,6 +115,63 @@ class LoadBalancingExtension(BaseExtension):
         if self.groups:
             ctx.handle_request("group_limit", self._group_limit)
             self.control.register("set_charge_mode", self._set_charge_mode)
+            if ctx.settings.homeassistant_discovery:
+                ctx.subscribe(ctx.topics.discovery_status, self._on_homeassistant_status)
+
+    def on_mqtt_connected(self) -> None:
+        if self.groups and self.ctx.settings.homeassistant_discovery:
+            self._discover()
+
+    def _on_homeassistant_status(self, message: Incoming) -> None:
+        if message.payload == b"online":
+            self._discover()
+
+    def _discover(self) -> None:
+        for g in self.groups.values():
+            self.ctx.publish(f"{self.ctx.topics.discovery_groups}{g.cfg.name}/config",
+                             orjson.dumps(self.discovery(g)), qos=1)
+
+    def discovery(self, g: _Group) -> dict[str, Any]:
+        """The group as a Home Assistant device (device-based discovery)."""
+        t, name = self.ctx.topics, g.cfg.name
+        uid = f"ocpp2mqtt_group_{name}"
+        state = {"state_topic": self.group_topic(name)}
+        amps = {"device_class": "current", "unit_of_measurement": "A",
+                "state_class": "measurement"}
+        components: dict[str, dict[str, Any]] = {
+            "max_current": {
+                "platform": "number", "name": "Group limit", "unique_id": f"{uid}_max_current",
+                "command_topic": t.bridge_request("group_limit"),
+                "command_template": '{"group": ' + orjson.dumps(name).decode()
+                                    + ', "max_current": {{ value }}}',
+                "value_template": "{{ value_json.max_current }}", "min": 1,
+                "max": max(g.cfg.max_current * 4, 100), "step": 1, "mode": "box",
+                "device_class": "current", "unit_of_measurement": "A",
+                "entity_category": "config", **state},
+            "metered": {"platform": "sensor", "name": "Metered load",
+                        "unique_id": f"{uid}_metered",
+                        "value_template": "{{ value_json.metered }}", **amps, **state},
+            "available": {"platform": "sensor", "name": "Available",
+                          "unique_id": f"{uid}_available",
+                          "value_template": "{{ value_json.available }}", **amps, **state},
+        }
+        for member in g.cfg.stations:
+            sid, slug = member.id, station_slug(member.id)
+            components[f"allocation_{slug}"] = {
+                "platform": "sensor", "name": f"{sid} share",
+                "unique_id": f"{uid}_allocation_{slug}",
+                "value_template": "{{ value_json.allocations[" + orjson.dumps(sid).decode()
+                + "] | default(0) }}", **amps, **state}
+            components[f"mode_{slug}"] = {
+                "platform": "select", "name": f"{sid} mode", "unique_id": f"{uid}_mode_{slug}",
+                "options": list(MODES), "command_topic": t.command(sid),
+                "command_template": '{"action": "set_charge_mode", "args": {"mode": '
+                                    '"{{ value }}"}}',
+                "state_topic": t.state(sid, Key("charge_mode")), "icon": "mdi:solar-power"}
+        return {"device": {"identifiers": [uid], "name": f"Load balancing {name}",
+                           "manufacturer": "ocpp2mqtt", "model": "Load-balancing group"},
+                "origin": ORIGIN, "availability": [{"topic": t.bridge_state}], "qos": 1,
+                "components": components}
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -146,21 +207,43 @@ class LoadBalancingExtension(BaseExtension):
     def _on_meter(self, g: _Group, message: Incoming) -> None:
         amps = _amps(message.payload)
         if amps is None:
-            log.warning("group %s: meter topic %s: expected a number (A) or "
-                        '{"l1", "l2", "l3"}, got %r', g.cfg.name, message.topic,
-                        message.payload[:80])
+            self._bad_input(g, message, 'a number (A) or {"l1", "l2", "l3"}')
             return
+        g.bad_input.discard(message.topic)
         g.metered, g.metered_at = amps, asyncio.get_running_loop().time()
         g.wake.set()
 
     def _on_grid(self, g: _Group, message: Incoming) -> None:
         watts = _number(message.payload)
         if watts is None:
-            log.warning("group %s: grid power topic %s: expected a number (W, export "
-                        "negative), got %r", g.cfg.name, message.topic, message.payload[:80])
+            self._bad_input(g, message, "a number (W, export negative)")
             return
-        g.solar.reading(watts, asyncio.get_running_loop().time())
+        g.bad_input.discard(message.topic)
+        g.solar.reading(watts, asyncio.get_running_loop().time(), self._solar_drawing_w(g))
         g.wake.set()
+
+    @staticmethod
+    def _bad_input(g: _Group, message: Incoming, expected: str) -> None:
+        """Ignored (the last good reading holds until it is stale); logged once per run of
+        bad readings, not at every one."""
+        if message.topic not in g.bad_input:
+            g.bad_input.add(message.topic)
+            log.warning("group %s: %s: expected %s, got %r; ignored until a good reading",
+                        g.cfg.name, message.topic, expected, message.payload[:80])
+
+    def _solar_drawing_w(self, g: _Group) -> float:
+        """What the group's solar-mode cars draw now (W), from their latest readings."""
+        total = 0.0
+        for member in g.cfg.stations:
+            if g.modes.get(member.id) not in ("solar", "min_solar"):
+                continue
+            state = self.ctx.state(member.id)
+            amps = _drawing(state) if state is not None else None
+            in_force = self.control.slot(member.id).in_force
+            if amps is not None and in_force is not None:
+                amps = min(amps, in_force)  # a reading from before a decrease
+            total += (amps or 0.0) * member.phases * g.cfg.voltage
+        return total
 
     def _cap(self, station: str, amps: float | None) -> None:
         g = self.group_of[station]
@@ -230,8 +313,7 @@ class LoadBalancingExtension(BaseExtension):
             if stale:
                 top = min(top, cfg.failsafe_current)
             if mode in ("solar", "min_solar"):
-                solar_rows.append((sid, mode, drawing or 0.0, member.phases,
-                                   member.min_current))
+                solar_rows.append((sid, mode, member.phases, member.min_current))
             reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected else 0.0
             demands.append(Demand(sid, member.priority, member.min_current, top,
                                   active=bool(charging) and mode != "off", reserved=reserved,
@@ -239,6 +321,7 @@ class LoadBalancingExtension(BaseExtension):
         if solar_rows:
             fresh = g.solar.grid_at is not None and now - g.solar.grid_at <= cfg.meter_stale_s
             solar_caps = g.solar.caps(now, solar_rows, fresh)
+            log.debug("group %s: surplus %s W → %s", cfg.name, g.solar.surplus_w, solar_caps)
             for d in demands:
                 if d.station in solar_caps:
                     d.max_current = min(d.max_current, solar_caps[d.station])
