@@ -101,13 +101,11 @@ async def test_each_quirk_ends_with_the_limit_in_force(settings_factory, recorde
 
             # A restart reuses what worked: no probe, no refused attempt.
             await gw.stop()
+            remote.mark = len(recorder.snapshot())  # expect() looks from here on
             gw = Gateway(settings)
             await gw.start()
             sim.charger.cfg.url = f"ws://127.0.0.1:{gw.port}"  # listen_port 0: a new port
-            await until(lambda: remote.latest("connection_state") == "DISCONNECTED",
-                        "disconnected")
-            await until(lambda: remote.latest("connection_state") == "CONNECTED",
-                        "connected again", timeout=15)
+            await remote.expect("connection_state", "CONNECTED", timeout=15)
             writes = sim.count("SetChargingProfile") + sim.count("ChangeConfiguration")
             doc = await remote.command("set_current_limit", limit=8)
             assert doc["status"] == "ok", doc
