@@ -652,3 +652,23 @@ async def test_solar_surplus_end_to_end(settings_factory, recorder, basepath):
                 await until(lambda: sim.offered == 6, "the minimum, from the grid")
             finally:
                 meter_task.cancel()
+
+
+async def test_a_new_firmware_is_asked_again(settings_factory, recorder, basepath):
+    async with Gateway(settings_factory()) as gw:
+        async with stations(f"ws://127.0.0.1:{gw.port}", ["FWUP"],
+                            quirks=("absolute_only",)) as (sim,):
+            remote = Remote(recorder, f"{basepath}/FWUP")
+            await connected(remote)
+            assert (await remote.command("set_current_limit", limit=10))["status"] == "ok"
+            assert sim.count("GetConfiguration") == 1
+            for firmware, probes in ((sim.charger.cfg.firmware, 1), ("9.9.9", 2)):
+                sim.charger.cfg.firmware = firmware
+                remote.mark = len(recorder.snapshot())
+                assert (await remote.command("reset", type="Soft"))["status"] == "ok"
+                await remote.expect("firmware_version", firmware, timeout=15)
+                await until(lambda: remote.latest("status") == "Available", "back")
+                doc = await remote.command("set_current_limit", limit=8)
+                assert doc["status"] == "ok", doc
+                assert sim.count("GetConfiguration") == probes  # same firmware: not again
+                assert ("after" in (doc.get("note") or "")) == (probes == 2)

@@ -139,6 +139,7 @@ class SimConfig:
     insecure: bool = False  # wss:// without certificate verification (testing only)
     ocpp: str = "1.6"  # "1.6", "2.0.1" or "2.1": the only subprotocol offered
     quirks: tuple[str, ...] = ()  # QUIRKS
+    firmware: str = __version__  # reported in BootNotification
 
     def station_ids(self) -> list[str]:
         return [f"{self.prefix}{i:04d}" for i in range(1, self.stations + 1)]
@@ -767,7 +768,7 @@ class SimulatedChargePoint(_Behaviour, ChargePoint):  # type: ignore[misc]  # oc
     def boot_request(self) -> Any:
         return call.BootNotification(
             charge_point_vendor=VENDOR, charge_point_model="Simulator",
-            charge_point_serial_number=self.id, firmware_version=__version__,
+            charge_point_serial_number=self.id, firmware_version=self.ch.cfg.firmware,
             meter_type="SimMeter 3P", meter_serial_number=f"M-{self.id}")
 
     # --- behaviour ---------------------------------------------------------------------
@@ -1063,7 +1064,8 @@ class _ChargePoint2x(_Behaviour):
     def boot_request(self) -> Any:
         return self.calls.BootNotification(
             charging_station={"vendor_name": VENDOR, "model": "Simulator",
-                              "serial_number": self.id, "firmware_version": __version__},
+                              "serial_number": self.id,
+                              "firmware_version": self.ch.cfg.firmware},
             reason=self.ch.boot_reason)
 
     async def send_status(self, connector: int, status: str | None = None) -> None:
