@@ -196,7 +196,10 @@ class GatewayProcess:
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_setup,
         )
         log.close()
-        wait_port(self.port, self.proc, 30, "gateway")
+        try:
+            wait_port(self.port, self.proc, 30, "gateway")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its log ends:\n{self.log_tail()}") from None
         return self
 
     def log_tail(self, lines: int = 20) -> str:

@@ -21,14 +21,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Mosquitto: the tests' broker, and the run command's fallback broker.
+# Debian packages: Mosquitto (the tests' broker, and the run command's fallback broker) and,
+# for the test command, Chromium (the browser tests drive Debian's chromium through
+# Playwright; nothing is downloaded by Playwright itself).
+missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  missing+=(mosquitto)
+fi
+if [ "${OCPP2MQTT_BROWSER:-}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing mosquitto (apt-get)…" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null
+    echo "installing ${missing[*]} (apt-get)…" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
     # Debian starts a system broker on :1883; the gateway and tests run their own.
   else
-    echo "warning: mosquitto is not installed and cannot be installed automatically;" \
-         "install it (e.g. apt-get install mosquitto / brew install mosquitto)." >&2
+    echo "warning: ${missing[*]} not installed and cannot be installed automatically;" \
+         "install it (e.g. apt-get install ${missing[*]} / brew install mosquitto)." >&2
   fi
 fi

@@ -283,6 +283,7 @@ SENTINELS = {
     "ocpp_basic_auth": '{"CP1": "sekrit-charger-3"}',
     "ocpp_upstreams": '{"CP1": [{"name": "employer", "url": "wss://bo.example/ocpp", '
                       '"role": "primary", "password": "sekrit-upstream-4"}]}',
+    "web_auth_token": "sekrit-web-5",
 }
 
 
@@ -293,7 +294,8 @@ def test_every_secret_is_masked_by_check_config(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ocpp2mqtt", "check-config"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for secret in ("sekrit-pw-1", "sekrit-token-2", "sekrit-charger-3", "sekrit-upstream-4"):
+    for secret in ("sekrit-pw-1", "sekrit-token-2", "sekrit-charger-3", "sekrit-upstream-4",
+                   "sekrit-web-5"):
         assert secret not in proc.stdout + proc.stderr
     for name in SENTINELS:
         assert f"{name.upper()}=" in proc.stdout

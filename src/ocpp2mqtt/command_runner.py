@@ -240,6 +240,21 @@ class CommandRunner:
                                      now=utc_now(), version=version,
                                      request_id=next(self._request_ids))
 
+    async def execute(self, station: str, raw: bytes, origin: str = "web") -> dict[str, Any]:
+        """Run a command that did not come over MQTT (the web page): the same parsing,
+        handlers and plans, its result returned instead of published."""
+        try:
+            doc = await self._execute(station, raw)
+        except HandedOver as exc:
+            doc = commands.result_document(
+                "?", "not_connected", command_id=commands.peek_id(raw),
+                error=f"{station} is connected to gateway replica {exc}: send the command "
+                      "over MQTT or open that replica's page")
+        self.metrics.commands.labels(doc["status"]).inc()
+        log.info("%s: %s command %s → %s%s", station, origin, doc["action"], doc["status"],
+                 f" ({doc['error']})" if doc.get("error") else "")
+        return doc
+
     async def _execute(self, station: str, raw: bytes) -> dict[str, Any]:
         target = station or self.server.last_station or ""
         try:

@@ -34,6 +34,7 @@ SECRET_FIELDS: dict[str, Literal["all", "values", "passwords"]] = {
     "mqtt_websocket_headers": "values",
     "ocpp_basic_auth": "values",
     "ocpp_upstreams": "passwords",  # every upstream's "password"
+    "web_auth_token": "all",
 }
 UPSTREAM_NAME = r"^[a-z0-9_-]{1,32}$"
 # What a secondary upstream may send to the charger unless its "allow" says otherwise:
@@ -384,6 +385,12 @@ class Settings(BaseSettings):
     http_addr: str = "0.0.0.0"
     http_port: int = Field(8081, ge=0, le=65535)
 
+    # --- The web page on the same server (web/, docs/web.md) ---
+    web_enabled: bool = True
+    web_auth_token: str = ""  # empty: open on the network, as the page says
+    web_message_log_frames: int = Field(300, ge=0, le=100_000)  # per station
+    web_message_log_bytes: int = Field(16 * 1024 * 1024, ge=0)  # all stations together
+
     # --- Logging (names and defaults of the original) ---
     log_level: LogLevel = "INFO"
     log_file: str = ""
@@ -397,6 +404,7 @@ class Settings(BaseSettings):
         "mqtt_publish_unchanged",
         "current_limit_round_amps",
         "ocpp_boot_get_configuration", "homeassistant_discovery", "http_enabled", "mqtt_tls",
+        "web_enabled",
         "mqtt_tls_insecure", "ocpp_allowlist_only", mode="before",
     )
     @classmethod

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
+from ocpp2mqtt import __version__
 from ocpp2mqtt.authorization import Authorizer
 from ocpp2mqtt.charging.control import CurrentControl
 from ocpp2mqtt.clock import utc_now
@@ -28,7 +30,7 @@ from ocpp2mqtt.extensions.load_balancing import LoadBalancingExtension
 from ocpp2mqtt.extensions.relay_topics import RelayTopicsExtension
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.extensions.state_topics import StateTopicsExtension
-from ocpp2mqtt.health import start_http
+from ocpp2mqtt.health import HttpServer, start_http
 from ocpp2mqtt.metrics import Metrics
 from ocpp2mqtt.mqtt.outbox import Outbox
 from ocpp2mqtt.mqtt.publisher import DurablePublisher
@@ -43,6 +45,9 @@ from ocpp2mqtt.replicas import Replicas
 from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import Store
 from ocpp2mqtt.topics import Topics
+from ocpp2mqtt.web.app import Sources, WebPage
+from ocpp2mqtt.web.live import LiveExtension
+from ocpp2mqtt.web.message_log import MessageLog
 
 log = logging.getLogger("ocpp2mqtt.gateway")
 
@@ -66,6 +71,10 @@ class Gateway:
         self.stations = Stations(s.connector_topics)
         self._requests: dict[str, RequestHandler] = {}
         self.current = CurrentControl(self.store, self.metrics)
+        web = s.web_enabled and s.http_enabled
+        self.message_log = MessageLog(s.web_message_log_frames if web else 0,
+                                      s.web_message_log_bytes)
+        self.live = LiveExtension(self.message_log)
         extensions = [
             *(extensions or []),
             StateTopicsExtension(),
@@ -76,12 +85,15 @@ class Gateway:
             self.current,
             LoadBalancingExtension(self.current),
         ]
+        if web:
+            extensions.append(self.live)
         if s.homeassistant_discovery:
             extensions.append(HomeAssistantExtension())
         self.host = ExtensionHost(self.stations, extensions,
                                   lambda name: self.metrics.extension_errors.labels(name).inc())
         services = SessionServices(s, self.host.emit, self.authorizer, self.store,
-                                   self.metrics, self.publisher)
+                                   self.metrics, self.publisher,
+                                   frames=self.message_log if web else None)
         self.server = OcppServer(s, services, Admission(s), self.instance_id, self.spawn)
         self.commands = CommandRunner(s, self.topics, self.server, self.router, self.publisher,
                                       self.store, self.authorizer, self.host.emit, self.metrics,
@@ -100,10 +112,16 @@ class Gateway:
                                          self.commands.session_started,
                                          self.relay.session_started, self._warn_shared_topics]
         self.server.on_session_end += [self.commands.session_ended, self.relay.session_ended]
+        if web:
+            self.server.on_refused.append(self.message_log.refused)
         self.mqtt.on_connected = self._mqtt_connected
         self.mqtt.on_disconnected = self.publisher.disconnected
         self.metrics.live(self._live_metrics)
-        self.http_server: asyncio.AbstractServer | None = None
+        self.http_server: HttpServer | None = None
+        self.web = WebPage(Sources(
+            settings=s, stations=self.stations, store=self.store, log=self.message_log,
+            live=self.live, execute=self.commands.execute, status=self.status,
+            connected=lambda: set(self.server.sessions))) if web else None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shared_warned: set[str] = set()
 
@@ -132,7 +150,9 @@ class Gateway:
                 continue
             self.host.emit(Disconnected(station, now, reason="not connected since start-up"))
         await self.server.start()
-        self.http_server = await start_http(s, self.readiness, self.metrics)
+        self.http_server = await start_http(
+            s, self.readiness, self.metrics,
+            self.web.install if self.web is not None else None)
 
     async def stop(self) -> None:
         """Stop accepting, close chargers (1001 going away), publish offline, flush."""
@@ -141,7 +161,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         if self.http_server is not None:
-            self.http_server.close()
+            await self.http_server.close()
         await self.host.stop()
         await self.publisher.stop()
         self.store.close()
@@ -186,6 +206,28 @@ class Gateway:
         if problems:
             return False, "\n".join(problems) + "\n"
         return True, "ready\n"
+
+    def status(self) -> dict[str, Any]:
+        """The gateway as the web page's gateway view shows it."""
+        publisher = self.publisher
+        ready, problems = self.readiness()
+        balancing = self.host.extension(LoadBalancingExtension)
+        return {
+            "version": __version__, "instance": self.instance_id,
+            "started_at": self.started_at, "uptime": round(self.metrics.uptime(), 1),
+            "now": time.time(),
+            "ready": ready, "readiness": problems.strip(),
+            "mqtt": {"connected": self.mqtt.connected.is_set(),
+                     "broker": f"{self.settings.mqtt_hostname}:{self.settings.mqtt_port}",
+                     "queue_depth": publisher.queue_depth(),
+                     "published": publisher.published,
+                     "failures": publisher.publish_failures,
+                     "dropped": publisher.outbox.dropped_messages},
+            "stations": {"known": len(self.stations.states),
+                         "connected": len(self.server.sessions)},
+            "groups": balancing.documents(),
+            "message_log_bytes": self.message_log.bytes,
+        }
 
     def _live_metrics(self) -> Iterator[tuple[str, str, str, float]]:
         """The values /metrics reads at every scrape."""

@@ -1,26 +1,25 @@
-"""HTTP health and metrics endpoints (issue 7).
+"""The gateway's HTTP server (aiohttp, on the gateway's event loop): health, metrics and,
+when WEB_ENABLED, the web page (web/).
 
-A deliberately small HTTP/1.1 server on asyncio streams,
-listening on HTTP_ADDR:HTTP_PORT when HTTP_ENABLED:
+Listening on HTTP_ADDR:HTTP_PORT when HTTP_ENABLED:
 
 - `GET /healthz`  liveness: 200 while the event loop answers.
 - `GET /readyz`   readiness: 200 when the MQTT broker is connected and the OCPP
                   server is listening, else 503 (the body says what is missing).
 - `GET /metrics`  Prometheus text exposition format 0.0.4.
 
-Anything else: 404 (unknown path) or 405 (method other than GET/HEAD). Every
-response closes the connection. With HTTP_PORT=0 the kernel picks a port:
-`bound_port(server)` tells which.
+The probes stay open even when WEB_AUTH_TOKEN guards the page: Kubernetes and
+Prometheus cannot log in, and they show nothing a charger owner must hide. With
+HTTP_PORT=0 the kernel picks a port: `bound_port(server)` tells which.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
 
 from ocpp2mqtt import __version__
 from ocpp2mqtt.config import Settings
@@ -28,110 +27,97 @@ from ocpp2mqtt.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("ocpp2mqtt.health")
 
-REQUEST_TIMEOUT = 5.0  # seconds a client gets to send its request head
-MAX_HEAD = 8192  # bytes of request line + headers we accept
+MAX_HEAD = 8190  # bytes of one request line or header we accept (aiohttp's default)
 
-_STATUS_TEXT = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
-_TEXT = "text/plain; charset=utf-8"
-
-
-def bound_port(server: asyncio.AbstractServer) -> int:
-    """The TCP port the health server listens on (useful with HTTP_PORT=0)."""
-    sockets: Sequence[socket.socket] = getattr(server, "sockets", None) or ()
-    return int(sockets[0].getsockname()[1])
-
-
-# --- HTTP -------------------------------------------------------------------------------
-def _response(status: int, body: str, content_type: str = _TEXT, head: bool = False,
-              extra: str = "") -> bytes:
-    data = body.encode()
-    header = (
-        f"HTTP/1.1 {status} {_STATUS_TEXT[status]}\r\n"
-        f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        "Cache-Control: no-store\r\n"
-        f"Server: ocpp2mqtt/{__version__}\r\n"
-        f"{extra}"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-    return header if head else header + data
-
-
-async def _read_head(reader: asyncio.StreamReader) -> bytes:
-    return await reader.readuntil(b"\r\n\r\n")
-
-
+SERVER = f"ocpp2mqtt/{__version__}"
 Readiness = Callable[[], tuple[bool, str]]  # → (ready, text saying what is missing)
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _route(ready: Readiness, metrics: Metrics, method: str, target: str) -> bytes:
-    head = method == "HEAD"
-    path = target.split("?", 1)[0]
-    if path not in ("/healthz", "/readyz", "/metrics"):
-        return _response(404, f"not found: {path[:100]}\n"
-                         "endpoints: /healthz /readyz /metrics\n", head=head)
-    if method not in ("GET", "HEAD"):
-        return _response(405, "only GET and HEAD\n", head=head, extra="Allow: GET, HEAD\r\n")
-    if path == "/healthz":
-        return _response(200, "ok\n", head=head)
-    if path == "/readyz":
+class HttpServer:
+    """The running server: its port, and `close()`."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket):
+        self._runner = runner
+        self.port = int(sock.getsockname()[1])
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+def bound_port(server: HttpServer) -> int:
+    """The TCP port the HTTP server listens on (useful with HTTP_PORT=0)."""
+    return server.port
+
+
+def health_routes(app: web.Application, ready: Readiness, metrics: Metrics) -> None:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", headers=_NO_STORE)
+
+    async def readyz(request: web.Request) -> web.Response:
         ok, text = ready()
-        return _response(200 if ok else 503, text, head=head)
-    return _response(200, metrics.render().decode(), CONTENT_TYPE, head=head)
+        return web.Response(status=200 if ok else 503, text=text, headers=_NO_STORE)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={
+            **_NO_STORE, "Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
 
 
-def _handler(ready: Readiness, metrics: Metrics) -> Callable[
-        [asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _answers(endpoints: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: our Server header, and a 404 that lists what there is."""
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                         ) -> web.StreamResponse:
         try:
-            try:
-                raw = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT)
-            except asyncio.TimeoutError:
-                writer.write(_response(408, "request timeout\n"))
-                return
-            except asyncio.LimitOverrunError:
-                writer.write(_response(431, "request head too large\n"))
-                return
-            except asyncio.IncompleteReadError:
-                return  # client went away
-            request_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split(" ")
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                writer.write(_response(400, "bad request\n"))
-                return
-            method, target, _ = parts
-            writer.write(_route(ready, metrics, method, target))
-        except Exception:
-            log.exception("health endpoint failed")
-        finally:
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            response = await handler(request)
+        except web.HTTPNotFound as exc:
+            if exc.text != "404: Not Found":
+                raise  # a handler's own message
+            raise web.HTTPNotFound(text=f"not found: {request.path[:100]}\n"
+                                   f"endpoints: {endpoints}\n",
+                                   headers={"Server": SERVER}) from None
+        except web.HTTPException as exc:
+            exc.headers["Server"] = SERVER
+            raise
+        if not response.prepared:
+            response.headers["Server"] = SERVER
+        return response
 
-    return handle
+    return middleware
 
 
-async def start_http(s: Settings, ready: Readiness,
-                     metrics: Metrics) -> asyncio.AbstractServer | None:
-    """Start /healthz, /readyz, /metrics on HTTP_ADDR:HTTP_PORT; None when disabled."""
+async def start_http(s: Settings, ready: Readiness, metrics: Metrics,
+                     extend: Callable[[web.Application], None] | None = None,
+                     ) -> HttpServer | None:
+    """Serve /healthz, /readyz, /metrics (and what `extend` adds: the web page) on
+    HTTP_ADDR:HTTP_PORT; None when HTTP_ENABLED is false."""
     if not s.http_enabled:
         return None
-    server = await asyncio.start_server(
-        _handler(ready, metrics), s.http_addr, s.http_port, limit=MAX_HEAD
-    )
-    log.info("health and metrics on http://%s:%s (/healthz /readyz /metrics)",
-             s.http_addr, bound_port(server))
+    endpoints = ("/ " if extend is not None else "") + "/healthz /readyz /metrics"
+    app = web.Application(middlewares=[_answers(endpoints)], client_max_size=64 * 1024,
+                          handler_args={"max_field_size": MAX_HEAD,
+                                        "max_line_size": MAX_HEAD})
+    health_routes(app, ready, metrics)
+    if extend is not None:
+        extend(app)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                           handle_signals=False)
+    await runner.setup()
+    # Our own socket, so the port HTTP_PORT=0 got is known without aiohttp's internals.
+    family = socket.getaddrinfo(s.http_addr or None, s.http_port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.create_server((s.http_addr, s.http_port), family=family)
+    await web.SockSite(runner, sock).start()
+    server = HttpServer(runner, sock)
+    log.info("HTTP on http://%s:%s (/healthz /readyz /metrics%s)", s.http_addr, server.port,
+             " and the web page /" if extend is not None else "")
     return server
 
 
-__all__ = ["bound_port", "start_http"]
+__all__ = ["HttpServer", "bound_port", "health_routes", "start_http"]

@@ -295,17 +295,18 @@ def apply(state: StationState, event: ev.Event) -> StateUpdate:
     return w.update
 
 
+# connection_state goes out last: whoever reacts to it finds the rest already published.
 def _connected(w: _Writer, e: ev.Connected) -> None:
     w.set("ocpp_version", e.ocpp_version)
-    w.set("connection_state", "CONNECTED")
     w.set("last_connected", e.at)
     w.set("last_seen", e.at)
     w.set("gateway", {"id": e.gateway, "since": e.at})
+    w.set("connection_state", "CONNECTED")
 
 
 def _disconnected(w: _Writer, e: ev.Disconnected) -> None:
-    w.set("connection_state", "DISCONNECTED")
     w.set("last_disconnected", e.at)
+    w.set("connection_state", "DISCONNECTED")
 
 
 def _booted(w: _Writer, e: ev.Booted) -> None:

@@ -82,6 +82,10 @@ CREATE INDEX IF NOT EXISTS transactions_charger_id ON transactions (charger_id)
 MIGRATIONS = (
     # 1.6 with a primary back office: the charger uses the id the back office gave.
     ("transactions", "charger_id", "INTEGER"),
+    # 2.x: how a transaction ended, for the session history (web page, CSV).
+    ("charger_transactions", "meter_stop", "REAL"),
+    ("charger_transactions", "stopped_at", "TEXT"),
+    ("charger_transactions", "reason", "TEXT"),
 )
 
 
@@ -98,6 +102,27 @@ class ChargerTransaction:
     last_seq_no: int | None
     last_energy: float | None  # the last energy register reading of the transaction (Wh)
     ended: bool
+
+
+@dataclass(slots=True)
+class SessionRow:
+    """One charging session as the web page and its CSV show it."""
+
+    station: str
+    transaction_id: str
+    connector_id: int
+    id_tag: str
+    started_at: str
+    stopped_at: str | None
+    meter_start: float | None
+    meter_stop: float | None
+    reason: str | None
+
+    @property
+    def energy(self) -> float | None:
+        if self.meter_start is None or self.meter_stop is None:
+            return None
+        return self.meter_stop - self.meter_start
 
 
 _CHARGER_TX_COLUMNS = ("station, transaction_id, evse_id, id_tag, meter_start, started_at, "
@@ -272,6 +297,28 @@ class Store:
             " ended=excluded.ended",
             (tx.station, tx.transaction_id, tx.evse_id, tx.id_tag, tx.meter_start,
              tx.started_at, tx.last_seq_no, tx.last_energy, int(tx.ended)))
+
+    def charger_transaction_stopped(self, station: str, transaction_id: str,
+                                    meter_stop: float | None, stopped_at: str,
+                                    reason: str) -> None:
+        self._db.execute(
+            "UPDATE charger_transactions SET meter_stop=?, stopped_at=?, reason=?"
+            " WHERE station=? AND transaction_id=?",
+            (meter_stop, stopped_at, reason, station, transaction_id))
+
+    def sessions(self, station: str | None = None, limit: int = 100_000) -> list[SessionRow]:
+        """Charging sessions, newest first, both OCPP generations; `energy` in Wh when
+        the start and the end register are both known."""
+        where, args = ("WHERE station=?", (station,)) if station else ("", ())
+        rows = self._db.execute(
+            f"SELECT * FROM (SELECT station, CAST(COALESCE(charger_id, id) AS TEXT),"
+            f" connector_id, id_tag, started_at, stopped_at, meter_start, meter_stop, reason"
+            f" FROM transactions {where}"
+            f" UNION ALL SELECT station, transaction_id, evse_id, id_tag, started_at,"
+            f" stopped_at, meter_start, COALESCE(meter_stop, CASE WHEN ended THEN last_energy"
+            f" END), reason FROM charger_transactions {where})"
+            " ORDER BY started_at DESC LIMIT ?", (*args, *args, limit)).fetchall()
+        return [SessionRow(*row) for row in rows]
 
     def open_charger_transactions(self, station: str) -> list[ChargerTransaction]:
         rows = self._db.execute(

@@ -395,6 +395,10 @@ class LoadBalancingExtension(BaseExtension):
             g.published = body
             self.ctx.publish(self.group_topic(g.cfg.name), body)
 
+    def documents(self) -> list[dict[str, Any]]:
+        """Every group as last published on `bridge/groups/<name>` (the web page)."""
+        return [orjson.loads(g.published) for g in self.groups.values() if g.published]
+
     def group_topic(self, name: str) -> str:
         return f"{self.ctx.topics.bridge}/groups/{name}"
 

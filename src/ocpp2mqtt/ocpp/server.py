@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -43,6 +44,8 @@ class OcppServer:
         self.last_station: str | None = None  # MQTT_USESTATIONNAME=false: commands go here
         self.on_session_start: list[Callable[[Session], None]] = []
         self.on_session_end: list[Callable[[Session], None]] = []
+        # (the station id asked for, ip, HTTP status, reason): a refused handshake
+        self.on_refused: list[Callable[[str, str, int, str], None]] = []
         self._changed = asyncio.Condition()
         self._warned_subprotocol: set[str] = set()
         self._server: Server | None = None
@@ -115,6 +118,9 @@ class OcppServer:
         if isinstance(station, Refusal):
             self.services.metrics.handshake_rejections.inc()
             log.warning("refused %s: %s", ip, station.reason)
+            asked = unquote(request.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+            for callback in self.on_refused:
+                callback(asked, ip, int(station.status), station.reason)
             response = connection.respond(station.status, station.body)
             for name, value in station.headers.items():
                 response.headers[name] = value

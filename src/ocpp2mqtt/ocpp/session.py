@@ -73,6 +73,12 @@ class Forwarder(Protocol):
     async def forward(self, session: Session, call: protocol.Call) -> Decision: ...
 
 
+class FrameSink(Protocol):
+    """Where every frame goes, both directions (web/message_log.py)."""
+
+    def record(self, station: str, outgoing: bool, frame: str) -> None: ...
+
+
 @dataclass(slots=True)
 class SessionServices:
     """What the protocol edge needs of the rest of the gateway; one for all sessions."""
@@ -84,6 +90,7 @@ class SessionServices:
     metrics: Metrics
     durability: Durability
     relay: Forwarder | None = None
+    frames: FrameSink | None = None
 
 
 RELAYED_BACKLOG = 64  # CALLs a relayed charger may send before we answered (OCPP-J: 1)
@@ -121,6 +128,8 @@ class Session:
         rate = services.settings.ocpp_rate_limit
         burst = float(services.settings.ocpp_rate_burst)
         tokens, last, throttled = burst, loop.time(), False
+        frames = services.frames
+        station = self.station
         answering = None
         if services.relay is not None and services.relay.relays(self.station):
             self._relayed = asyncio.Queue()
@@ -151,6 +160,8 @@ class Session:
                     return
                 if debug:
                     log.debug("%s → %s", self.station, frame[:2000])
+                if frames is not None:
+                    frames.record(station, False, frame)
                 reply = self.handle_frame(frame)
                 if reply is not None:
                     if durability.dirty:
@@ -158,6 +169,8 @@ class Session:
                         await durability.durable()
                     if debug:
                         log.debug("%s ← %s", self.station, reply[:2000])
+                    if frames is not None:
+                        frames.record(station, True, reply)
                     await ws.send(reply)
         except ConnectionClosed:
             pass
@@ -241,6 +254,8 @@ class Session:
                     continue
                 if durability.dirty:
                     await durability.durable()
+                if self.services.frames is not None:
+                    self.services.frames.record(self.station, True, reply)
                 await self.ws.send(reply)
             except ConnectionClosed:
                 return
@@ -284,6 +299,8 @@ class Session:
         try:
             frame = protocol.encode_call(unique_id, action, payload)
             log.debug("%s ← %s", self.station, frame)
+            if self.services.frames is not None:
+                self.services.frames.record(self.station, True, frame)
             await self.ws.send(frame)
             return await asyncio.wait_for(fut, timeout)
         except ConnectionClosed as exc:

@@ -247,6 +247,9 @@ def _transaction_event(s: Session, p: dict[str, Any], now: str) -> dict[str, Any
             timestamp=p["timestamp"]))
     tx.last_seq_no = seq
     services.store.save_charger_transaction(tx)
+    if kind == "Ended":
+        services.store.charger_transaction_stopped(
+            s.station, tx_id, stop, p["timestamp"], info.get("stoppedReason", "Local"))
     _report_status(s, tx.evse_id, now, p["timestamp"])
     return answer
 
