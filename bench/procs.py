@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import random
 import resource
 import signal
 import socket
@@ -44,10 +45,30 @@ def child_setup() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _ephemeral_low() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port for a server started later (Mosquitto, a gateway process).
+
+    Below the kernel's ephemeral range: the port is released before the server binds it,
+    and in between an outgoing connection must not take it as its source port (a test
+    with 1,000 chargers opens 1,000 of those at once). A random pick, checked by binding,
+    keeps parallel workers and concurrent runs apart.
+    """
+    low = min(_ephemeral_low(), 65536)
+    for _ in range(1000):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:

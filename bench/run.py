@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +41,7 @@ from bench.procs import (
     GatewayProcess,
     Mosquitto,
     cpu_seconds,
+    free_port,
     listen_drops,
     raise_nofile,
     rss_kib,
@@ -82,7 +85,7 @@ class Config:
     time_limit: int = 900  # seconds; the whole run is aborted (and cleaned up) after this
     profile_seconds: float = 10.0
     relay_chargers: int = 100
-    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory", "relay")
+    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory", "relay", "web")
     gateway_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -644,8 +647,103 @@ def scenario_relay(h: Harness, cfg: Config, res: Results) -> None:
     res.details["relay"] = rows
 
 
+class PageWatcher(threading.Thread):
+    """An open web page: reads the gateway's Server-Sent Events stream, as a browser would."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port = port
+        self.bytes = 0
+        self.events = 0
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+            self.conn.request("GET", "/api/events")
+            response = self.conn.getresponse()
+            while True:
+                line = response.readline()
+                if not line:
+                    return
+                self.bytes += len(line)
+                self.events += line.startswith(b"event: rows")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.conn.sock is not None:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.join(5)
+
+
+def scenario_web(h: Harness, cfg: Config, res: Results) -> None:
+    """The web page (issue 16), its cost on the hot path: the closed-loop ingest of
+    `ingest` (N = relay_chargers) with the HTTP server off (as the other scenarios run),
+    on as users run it (every frame goes into the in-memory message log), and on with a
+    page open (live rows pushed every 0.25 s); beside them the ceiling. Then RSS per idle
+    charger with the page's server on."""
+    n = cfg.relay_chargers
+    rows: dict[str, dict[str, Any]] = {}
+    http_port = free_port()
+    web_env = {"HTTP_ENABLED": "true", "HTTP_ADDR": HOST, "HTTP_PORT": str(http_port)}
+    try:
+        for name, env in (("off", {}), ("on", web_env), ("page", web_env), ("ceiling", None)):
+            if env is not None:
+                h.start_gateway(env)
+            port, pid = (h.gw.port, h.gw.pid) if env is not None else \
+                (h.ceiling.port, h.ceiling.pid)
+            watcher = PageWatcher(http_port) if name == "page" else None
+            if watcher is not None:
+                watcher.start()
+            h.connect(port, names_for(f"web{name}", n))
+            r = h.load("ingest", timeout=cfg.ingest_warmup + cfg.ingest_seconds + 120,
+                       warmup=cfg.ingest_warmup, duration=cfg.ingest_seconds,
+                       pids=h.pids(pid))
+            h.load("close_all", timeout=60)
+            if watcher is not None:
+                watcher.stop()
+                r["page_events"], r["page_bytes"] = watcher.events, watcher.bytes
+            note_noise(res, f"web {name}", r["cpu_pct"])
+            if r["errors"] or r["failures"]:
+                raise RuntimeError(f"web {name}: {r['errors']} CALLERRORs, "
+                                   f"failures {r['failures']}")
+            rows[name] = r
+        h.start_gateway(web_env)
+        pid = h.gw.pid
+        h.connect(h.gw.port, names_for("webmemw", cfg.memory_warmup_chargers), boot=True)
+        h.settle(pid)
+        time.sleep(0.5)
+        base = rss_kib(pid)
+        size = max(cfg.memory_sizes[0], 10)
+        h.connect(h.gw.port, names_for("webmem", size), boot=True)
+        h.settle(pid)
+        time.sleep(1.0)
+        rows["memory"] = {"chargers": size, "per_charger_kib": (rss_kib(pid) - base) / size}
+        h.load("close_all", timeout=120)
+    finally:
+        h.start_gateway()  # the default of the other scenarios again
+    sc = f"web N={n:,}"
+    off = rows["off"]["calls_per_s"]
+    for name, label in (("off", "HTTP server and page off: MeterValues CALLs/s"),
+                        ("on", "page's server on (default), no page open: CALLs/s"),
+                        ("page", "one page open, live rows every 0.25 s: CALLs/s"),
+                        ("ceiling", "ceiling (bare websockets) CALLs/s")):
+        res.add(f"web.{name}_calls_per_s", sc, label, round(rows[name]["calls_per_s"]), "/s")
+    for name in ("on", "page"):
+        res.add(f"web.{name}_vs_off_pct", sc, f"{name} / off",
+                round(100 * rows[name]["calls_per_s"] / off, 1), "%")
+        res.add(f"web.{name}_vs_ceiling_pct", sc, f"{name} / ceiling",
+                round(100 * rows[name]["calls_per_s"] / rows["ceiling"]["calls_per_s"], 1), "%")
+    res.add("web.page_events", sc, "row pushes the page received",
+            rows["page"].get("page_events", 0), "", diagnostic=True)
+    mem = rows["memory"]
+    res.add("web.memory_per_charger_kib", f"web memory {mem['chargers']:,} idle chargers",
+            "gateway RSS per idle charger, page's server on", round(mem["per_charger_kib"], 2),
+            "KiB")
+    res.details["web"] = rows
+
+
 SCENARIOS = {"ingest": scenario_ingest, "e2e": scenario_e2e, "storm": scenario_storm,
-             "memory": scenario_memory, "relay": scenario_relay}
+             "memory": scenario_memory, "relay": scenario_relay, "web": scenario_web}
 
 
 # --- profiling -------------------------------------------------------------------------------
@@ -793,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profiles = run_profiles(h, cfg, output.parent)
         else:
-            for name in ("ingest", "e2e", "storm", "memory", "relay"):
+            for name in ("ingest", "e2e", "storm", "memory", "relay", "web"):
                 if name in cfg.scenarios or (name == "e2e" and "ramp" in cfg.scenarios):
                     t0 = time.monotonic()
                     print(f"running {name}…", flush=True)

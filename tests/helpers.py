@@ -22,13 +22,8 @@ from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call, call_result
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.procs import free_port
 from ocpp2mqtt.broker import mosquitto_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:

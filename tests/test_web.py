@@ -25,12 +25,14 @@ import orjson
 import pytest
 import websockets
 from ocpp.v16 import call
+from ocpp.v201 import call as call201
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.health import bound_port
 from ocpp2mqtt.web.live import TICK
 from tests.helpers import connect_station, three_phase_meter_value
+from tests.test_ocpp2 import connect2x
 
 TS = "2026-11-25T10:00:00Z"
 CHROMIUM_ARGS = [
@@ -207,6 +209,40 @@ async def test_configuration_browser_lists_the_keys_and_an_edit_reaches_the_char
         await st.close()
 
 
+async def test_a_201_charger_reports_its_device_model_and_takes_an_edit(web):
+    st = await connect2x(ocpp_url(web.gateway), "EV1")
+    try:
+        await st.cp.call(call201.BootNotification(
+            charging_station={"model": "M", "vendorName": "V"}, reason="PowerUp"))
+        page = await web.ready_page("/#/station/EV1")
+        await page.get_by_role("button", name="Read from charger").click()
+        report = await st.wait_call("GetBaseReport")
+        assert report["report_base"] == "FullInventory"
+        await expect(page.locator(".config")).to_contain_text("appear here as it reports")
+        parts = (
+            [{"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"},
+              "variableAttribute": [{"value": "300", "mutability": "ReadWrite"}]}],
+            [{"component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "Power"},
+              "variableAttribute": [{"value": "22000", "mutability": "ReadOnly"}]}],
+        )
+        for seq, data in enumerate(parts):  # the report arrives in parts, after the answer
+            await st.cp.call(call201.NotifyReport(
+                request_id=report["request_id"], generated_at=TS, seq_no=seq,
+                report_data=data, tbc=seq < len(parts) - 1))
+        config = page.locator("#configuration")
+        await expect(config.locator("tbody tr")).to_have_count(2)
+        await expect(config.locator("tr[data-key='EVSE@1/Power']")).to_contain_text("read-only")
+        heartbeat = config.locator("tr[data-key='OCPPCommCtrlr/HeartbeatInterval']")
+        await heartbeat.get_by_label("Value of OCPPCommCtrlr/HeartbeatInterval").fill("60")
+        await heartbeat.get_by_role("button", name="Save").click()
+        await expect(heartbeat.locator("[data-k='answer']")).to_have_text("Accepted")
+        [item] = (await st.wait_call("SetVariables"))["set_variable_data"]
+        assert (item["component"], item["variable"], item["attribute_value"]) == (
+            {"name": "OCPPCommCtrlr"}, {"name": "HeartbeatInterval"}, "60")
+    finally:
+        await st.close()
+
+
 async def test_actions_show_the_chargers_answer(web):
     st = await booted(web.gateway, "CP1")
     try:
@@ -330,20 +366,34 @@ async def test_a_201_session_is_in_the_history_with_its_energy(web):
 
 
 # --- the gateway ------------------------------------------------------------------------------
-async def test_gateway_view_shows_link_and_masked_settings(settings_factory):
-    settings = web_settings(settings_factory, mqtt_password="hunter2-secret")
+async def test_gateway_view_shows_link_groups_and_masked_settings(settings_factory):
+    settings = web_settings(settings_factory, mqtt_password="hunter2-secret", load_balancing=[
+        {"name": "garage", "max_current": 25, "stations": ["LB1"]}])
     async with Gateway(settings) as gw:
         assert await gw.mqtt.wait_connected(10)
-        async with launch(gw) as w:
-            page = await w.ready_page("/#/gateway")
-            await expect(page.locator("main")).to_contain_text("connected")
-            await expect(page.locator("#settings")).to_contain_text("MQTT_PASSWORD")
-            assert "hunter2" not in await page.content()
-            # A phone: nothing wider than the screen but the tables' own scroll boxes.
-            phone = await w.ready_page("/#/gateway", width=390, height=800)
-            await expect(phone.locator("#settings")).to_contain_text("MQTT_PASSWORD")
-            width = await phone.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390
+        st = await booted(gw, "LB1")
+        try:
+            async with launch(gw) as w:
+                page = await w.ready_page("/#/gateway")
+                await expect(page.locator("main")).to_contain_text("connected")
+                await expect(page.locator("#settings")).to_contain_text("MQTT_PASSWORD")
+                assert "hunter2" not in await page.content()
+                group = page.get_by_role("region", name="Group garage")
+                await expect(group).to_contain_text("25.0 A")
+                await expect(group.locator("tbody tr")).to_have_count(1)
+                await expect(group.locator("tbody tr")).to_contain_text("LB1")
+                assert "[object" not in await page.locator("main").inner_text()
+                await expect(page.locator("main")).to_contain_text("1 connected of 1 known")
+                second = await booted(gw, "GW2")  # the view follows without a reload
+                await expect(page.locator("main")).to_contain_text("2 connected of 2 known")
+                await second.close()
+                # A phone: nothing wider than the screen but the tables' own scroll boxes.
+                phone = await w.ready_page("/#/gateway", width=390, height=800)
+                await expect(phone.locator("#settings")).to_contain_text("MQTT_PASSWORD")
+                width = await phone.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390
+        finally:
+            await st.close()
 
 
 # --- access -----------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
+
 from ocpp2mqtt import events as ev
+from ocpp2mqtt.commands import CommandError
+from ocpp2mqtt.commands.v2x import component_variable
+from ocpp2mqtt.ocpp.v201 import config_key
 from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import SessionRow
 from ocpp2mqtt.web import views
@@ -113,3 +118,16 @@ def test_csv_has_kwh_and_never_a_formula():
     assert list(table[0]) == list(views.CSV_COLUMNS)
     assert [r["energy_kwh"] for r in table] == ["7.500", ""]
     assert [r["id_tag"][0] for r in table] == ["'", "'"]
+
+
+@pytest.mark.parametrize("key", ["OCPPCommCtrlr/HeartbeatInterval", "EVSE@1/Power",
+                                 "Connector@1.2/ConnectorType", "Ctrlr:main/Var:limit",
+                                 "EVSE:x@2/AvailabilityState:y"])
+def test_a_2x_key_the_page_shows_names_the_same_variable_when_edited(key):
+    assert config_key(component_variable(key)) == key
+
+
+@pytest.mark.parametrize("key", ["EVSE@one/Power", "/Power", "EVSE/", "NoSuchKey"])
+def test_a_malformed_2x_key_is_refused_with_its_name(key):
+    with pytest.raises(CommandError, match="configuration key"):
+        component_variable(key)

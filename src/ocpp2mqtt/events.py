@@ -144,9 +144,11 @@ class NotificationReceived(Event):
 
 @dataclass(slots=True)
 class ConfigurationReported(Event):
-    """Configuration values the station reported (2.x NotifyReport): key → value."""
+    """Configuration values the station reported (2.x NotifyReport): key → value, and the
+    keys whose value the station says cannot be changed."""
 
     values: dict[str, str] = field(default_factory=dict)
+    readonly: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -121,7 +121,7 @@ class Gateway:
         self.web = WebPage(Sources(
             settings=s, stations=self.stations, store=self.store, log=self.message_log,
             live=self.live, execute=self.commands.execute, status=self.status,
-            connected=lambda: set(self.server.sessions))) if web else None
+            version=lambda station: self.commands.version_of(station).name)) if web else None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shared_warned: set[str] = set()
 
@@ -153,6 +153,11 @@ class Gateway:
         self.http_server = await start_http(
             s, self.readiness, self.metrics,
             self.web.install if self.web is not None else None)
+        if self.http_server is not None and self.web is not None:
+            log.info("web page on http://%s:%d/ — %s", s.http_addr, self.http_server.port,
+                     "login with WEB_AUTH_TOKEN" if s.web_auth_token else
+                     "open to anyone who can reach this port (set WEB_AUTH_TOKEN to require "
+                     "a login)")
 
     async def stop(self) -> None:
         """Stop accepting, close chargers (1001 going away), publish offline, flush."""
@@ -161,6 +166,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         if self.http_server is not None:
+            self.live.end_pages()
             await self.http_server.close()
         await self.host.stop()
         await self.publisher.stop()

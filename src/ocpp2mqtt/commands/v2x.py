@@ -55,21 +55,47 @@ Translation = Callable[[dict[str, Any], StationFacts], Plan]
 
 
 def component_variable(key: Any) -> dict[str, Any]:
-    """A 1.6 key, or `Component/Variable` (also `Component.Variable`) → 2.x names."""
+    """A 1.6 key, `Component.Variable`, or the name a NotifyReport value is published
+    under, `<Component>[:<instance>][@<evse>[.<connector>]]/<Variable>[:<instance>]`
+    (ocpp/v201.py config_key) → 2.x names."""
     if not isinstance(key, str) or not key:
         raise CommandError("configuration keys must be non-empty strings")
     if key in CONFIG_KEYS:
         component, variable = CONFIG_KEYS[key]
-    else:
-        for separator in ("/", "."):
-            if separator in key:
-                component, _, variable = key.partition(separator)
-                break
-        else:
-            raise CommandError(
-                f"configuration key {key!r} has no OCPP 2.x name here; name it as "
-                f"Component/Variable, e.g. OCPPCommCtrlr/HeartbeatInterval")
-    return {"component": {"name": component}, "variable": {"name": variable}}
+        return {"component": {"name": component}, "variable": {"name": variable}}
+    if "/" in key:
+        return _device_model_name(key)
+    if "." in key:
+        component, _, variable = key.partition(".")
+        return {"component": {"name": component}, "variable": {"name": variable}}
+    raise CommandError(
+        f"configuration key {key!r} has no OCPP 2.x name here; name it as "
+        f"Component/Variable, e.g. OCPPCommCtrlr/HeartbeatInterval")
+
+
+def _device_model_name(key: str) -> dict[str, Any]:
+    where, _, var = key.partition("/")
+    where, _, evse = where.partition("@")
+    name, _, instance = where.partition(":")
+    variable_name, _, variable_instance = var.partition(":")
+    if not name or not variable_name:
+        raise CommandError(f"configuration key {key!r}: name it as Component/Variable")
+    component: dict[str, Any] = {"name": name}
+    if instance:
+        component["instance"] = instance
+    if evse:
+        evse_id, _, connector = evse.partition(".")
+        try:
+            component["evse"] = {"id": int(evse_id)}
+            if connector:
+                component["evse"]["connectorId"] = int(connector)
+        except ValueError:
+            raise CommandError(f"configuration key {key!r}: the EVSE after @ must be a "
+                               f"number, or number.connector") from None
+    variable: dict[str, Any] = {"name": variable_name}
+    if variable_instance:
+        variable["instance"] = variable_instance
+    return {"component": component, "variable": variable}
 
 
 def _names(item: dict[str, Any]) -> tuple[str, str]:

@@ -275,14 +275,18 @@ def config_key(item: dict[str, Any]) -> str | None:
 
 def _notify_report(s: Session, p: dict[str, Any], now: str) -> dict[str, Any]:
     values: dict[str, str] = {}
+    readonly = set()
     for item in p.get("reportData", ()):
         key = config_key(item)
         attributes = item.get("variableAttribute") or []
         actual = next((a for a in attributes if a.get("type", "Actual") == "Actual"), None)
         if key is not None and actual is not None and "value" in actual:
             values[key] = str(actual["value"])
+            if actual.get("mutability") == "ReadOnly":
+                readonly.add(key)
     if values:
-        s.services.emit(ev.ConfigurationReported(s.station, now, values=values))
+        s.services.emit(ev.ConfigurationReported(s.station, now, values=values,
+                                                 readonly=frozenset(readonly)))
     return {}
 
 

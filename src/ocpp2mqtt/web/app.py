@@ -12,7 +12,8 @@
     POST /api/stations/{id}/configuration    {"key", "value"} → ChangeConfiguration/SetVariables
     POST /api/stations/{id}/command          any MQTT command document → its result
     GET  /api/sessions[.csv]                 sessions, summed per tag and month; CSV
-    GET  /api/events[?station=id]            Server-Sent Events: rows, station, frames
+    GET  /api/events[?station=id|gateway=1]  Server-Sent Events: rows, station, frames,
+                                             configuration, gateway
     POST /login, /logout                     WEB_AUTH_TOKEN
 
 Access: without WEB_AUTH_TOKEN anyone who reaches the port may look and act (the page
@@ -80,7 +81,7 @@ class Sources:
     live: LiveExtension
     execute: Execute  # (station, command JSON) → the result document, like MQTT's
     status: Callable[[], dict[str, Any]]  # the gateway: version, MQTT link, groups, …
-    connected: Callable[[], set[str]]  # stations connected to this replica
+    version: Callable[[str], str]  # the OCPP version a station speaks ("1.6", "2.0.1", …)
 
 
 def session_value(token: str) -> str:
@@ -103,8 +104,8 @@ class WebPage:
         self.src = sources
         self.token = sources.settings.web_auth_token
         self.session = session_value(self.token) if self.token else ""
-        # The keys each charger last reported, as GetConfiguration answered.
-        self.configuration: dict[str, dict[str, Any]] = {}
+        self.configurations = sources.live.configurations
+        sources.live.gateway_document = self.gateway_document
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self._guard)
@@ -203,11 +204,16 @@ class WebPage:
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
-    async def gateway(self, request: web.Request) -> web.Response:
+    def gateway_document(self) -> dict[str, Any]:
+        """The gateway view's live part (pushed every 2 s to a page showing it)."""
         doc = self.src.status()
         doc["open_access"] = not self.token
-        doc["settings"] = self.src.settings.redacted()
         doc["refusals"] = self.src.log.refusals_of()[:100]
+        return doc
+
+    async def gateway(self, request: web.Request) -> web.Response:
+        doc = self.gateway_document()
+        doc["settings"] = self.src.settings.redacted()
         return _json(doc)
 
     async def stations(self, request: web.Request) -> web.Response:
@@ -233,20 +239,23 @@ class WebPage:
 
     # --- configuration -------------------------------------------------------------------
     async def get_configuration(self, request: web.Request) -> web.Response:
-        station = request.match_info["id"]
-        return _json(self.configuration.get(station))
+        return _json(self.configurations.document(request.match_info["id"]))
 
     async def refresh_configuration(self, request: web.Request) -> web.Response:
+        """1.6: GetConfiguration answers with every key. 2.x: GetBaseReport is answered
+        Accepted, and the keys follow in NotifyReport messages (pushed to the page)."""
         station = request.match_info["id"]
+        reported = self.src.version(station) != "1.6"
+        if reported:
+            self.configurations.forget(station)
         result = await self.src.execute(station, b'{"action": "get_configuration"}')
         response = result.get("response")
-        if result.get("status") == "ok" and isinstance(response, dict):
+        if not reported and result.get("status") == "ok" and isinstance(response, dict):
             # Results keep the original's snake_case (configuration_key, unknown_key).
-            keys = sorted(response.get("configuration_key") or [],
-                          key=lambda k: str(k.get("key", "")).lower())
-            self.configuration[station] = {"at": time.time(), "keys": keys,
-                                           "unknown": response.get("unknown_key") or []}
-        return _json({"result": result, "configuration": self.configuration.get(station)})
+            self.configurations.read(station, response.get("configuration_key") or [],
+                                     response.get("unknown_key") or [])
+        return _json({"result": result, "reported": reported,
+                      "configuration": self.configurations.document(station)})
 
     async def change_configuration(self, request: web.Request) -> web.Response:
         station = request.match_info["id"]
@@ -258,11 +267,8 @@ class WebPage:
             "key": key, "value": value}})
         result = await self.src.execute(station, command)
         answer = (result.get("response") or {}).get("status")
-        cached = self.configuration.get(station)
-        if answer in ("Accepted", "RebootRequired") and cached is not None:
-            for entry in cached["keys"]:
-                if entry.get("key") == key:
-                    entry["value"] = value
+        if answer in ("Accepted", "RebootRequired"):
+            self.configurations.changed(station, key, value)
         return _json({"result": result})
 
     # --- actions ------------------------------------------------------------------------------
@@ -299,12 +305,13 @@ class WebPage:
     # --- live -----------------------------------------------------------------------------------
     async def events(self, request: web.Request) -> web.StreamResponse:
         station = request.query.get("station") or None
+        gateway = request.query.get("gateway") == "1"
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no", **SECURITY_HEADERS})
         await response.prepare(request)
         live = self.src.live
-        page = live.open(station, time.time())
+        page = live.open(station, time.time(), gateway)
         try:
             await response.write(sse("hello", {"station": station}))
             while True:
@@ -312,6 +319,8 @@ class WebPage:
                     message = await asyncio.wait_for(page.queue.get(), KEEPALIVE)
                 except asyncio.TimeoutError:
                     message = b": keepalive\n\n"
+                if not message:
+                    break  # the gateway is stopping
                 await response.write(message)
         except ConnectionResetError:
             pass  # the page was closed

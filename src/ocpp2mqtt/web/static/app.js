@@ -43,6 +43,11 @@ function ago(iso) {
   return `${Math.floor(s / 86400)} d ago`;
 }
 const when = (iso) => el("time", { datetime: iso || "", title: iso || "" }, ago(iso));
+function stamp(iso) {
+  const t = Date.parse(iso || "");
+  return Number.isNaN(t) ? (iso || "–") : el("time", { datetime: iso, title: iso },
+    new Date(t).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }));
+}
 function badge(text, kind) { return el("span", { class: `badge ${kind || ""}` }, text); }
 function connBadge(state) {
   return badge(state === "CONNECTED" ? "connected" : state === "DISCONNECTED" ?
@@ -78,11 +83,11 @@ function resultText(result) {
 }
 
 // --- live stream ----------------------------------------------------------------------------
-function stream(station) {
-  if (source && source.station === station) return;
+function stream(query) {
+  if (source && source.query === query) return;
   if (source) source.close();
-  source = new EventSource(`/api/events${station ? `?station=${encodeURIComponent(station)}` : ""}`);
-  source.station = station;
+  source = new EventSource(`/api/events${query}`);
+  source.query = query;
   source.addEventListener("open", () => { liveBadge.textContent = "live"; liveBadge.className = "live on"; });
   source.addEventListener("error", () => {
     liveBadge.textContent = "reconnecting…"; liveBadge.className = "live off";
@@ -91,7 +96,7 @@ function stream(station) {
     for (const row of JSON.parse(e.data)) rows.set(row.id, row);
     if (view && view.update) view.update("rows");
   });
-  for (const kind of ["station", "frames"]) {
+  for (const kind of ["station", "frames", "configuration", "gateway"]) {
     source.addEventListener(kind, (e) => { if (view && view.update) view.update(kind, JSON.parse(e.data)); });
   }
   source.addEventListener("resync", () => { route(); });
@@ -216,7 +221,7 @@ function readingsTable(meter) {
   return el("div", { class: "table-wrap" }, el("table", {},
     el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Measurand"),
       el("th", { scope: "col", class: "num" }, "Value"),
-      phases.map((p) => el("th", { scope: "col", class: "num" }, p.toUpperCase())))),
+      phases.map((p) => el("th", { scope: "col", class: "num" }, p.toUpperCase().replace("_", "-"))))),
     el("tbody", {}, meter.map((m) => el("tr", { "data-key": m.key },
       el("th", { scope: "row" }, m.measurand),
       el("td", { class: "num", "data-k": "value" }, m.value === null ? "–" : `${num(m.value, 2)} ${m.unit || ""}`),
@@ -238,6 +243,8 @@ function overviewCards(detail) {
       ["Firmware", r.firmware], ["Serial", v.charge_point_serial_number || v.charge_box_serial_number || null],
       ["Error code", v.error_code && v.error_code !== "NoError" ? v.error_code : undefined],
       ["Charging enabled", v.charging_enabled === undefined ? undefined : String(v.charging_enabled)],
+      ["Last boot", v.last_boot ? when(v.last_boot) : undefined], ["Boot reason", v.boot_reason || undefined],
+      ["Firmware update", v.firmware_status || undefined], ["Diagnostics upload", v.diagnostics_status || undefined],
     ]));
   const t = detail.transaction;
   const transaction = el("section", { class: "card", "aria-labelledby": "h-tx" },
@@ -245,7 +252,7 @@ function overviewCards(detail) {
     t ? kv([["Id", t.id], ["Connector", t.connector], ["Tag", t.id_tag], ["Started", when(t.start)],
       ["Meter start", kwh(t.meter_start)], ["Energy", kwh(t.energy)]])
       : el("p", { class: "muted" }, "No transaction running."));
-  const readings = el("section", { class: "card", "aria-labelledby": "h-readings" },
+  const readings = el("section", { class: "card wide", "aria-labelledby": "h-readings" },
     el("h2", { id: "h-readings" }, "Readings"),
     detail.meter.length || !detail.connectors.some((c) => c.meter.length) ? readingsTable(detail.meter) : null,
     detail.connectors.filter((c) => c.id > 0 && (c.meter.length || c.values.status)).map((c) =>
@@ -323,7 +330,7 @@ function configurationCard(station) {
       }
       const input = el("input", { value: k.value ?? "", "aria-label": `Value of ${k.key}`, name: "value" });
       const form = el("form", {
-        class: "toolbar", onsubmit: async (e) => {
+        class: "edit", onsubmit: async (e) => {
           e.preventDefault();
           answer.textContent = "sending…";
           try {
@@ -344,21 +351,28 @@ function configurationCard(station) {
       info.textContent = "asking the charger…";
       try {
         const data = await post(`${base}/refresh`);
-        if (data.configuration) config = data.configuration;
+        config = data.configuration;
         render();
         if (data.result.status !== "ok") info.textContent = resultText(data.result);
+        else if (data.reported && !config) info.textContent = "The charger accepted; its keys appear here as it reports them.";
       } catch (err) { info.textContent = err.message; }
       refresh.disabled = false;
     },
   }, "Read from charger");
   filter.addEventListener("input", render);
   get(base).then((data) => { config = data; render(); }).catch((err) => { info.textContent = err.message; });
-  return el("section", { class: "card config", "aria-labelledby": "h-config" },
+  const card = el("section", { class: "card config", "aria-labelledby": "h-config" },
     el("h2", { id: "h-config" }, "Configuration"),
     el("div", { class: "toolbar" }, refresh, filter, info),
     el("div", { class: "table-wrap" }, el("table", { id: "configuration" },
       el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Key"), el("th", { scope: "col" }, "Value"),
         el("th", { scope: "col" }, ""), el("th", { scope: "col" }, "Answer"))), body)));
+  // A 2.x report arrives in parts; redraw without losing what is being typed.
+  const reported = (doc) => {
+    config = doc;
+    if (!(card.contains(document.activeElement) && document.activeElement.name === "value")) render();
+  };
+  return { card, reported };
 }
 
 function frameRow(f) {
@@ -415,17 +429,19 @@ async function stationView(station) {
   }
   show(detail);
   const log = logCard(station);
+  const configuration = configurationCard(station);
   main.replaceChildren(title, live,
     el("div", { class: "grid" }, actionsCard(station),
       el("section", { class: "card", "aria-labelledby": "h-sessions" }, el("h2", { id: "h-sessions" }, "Sessions"),
         el("p", {}, el("a", { href: `#/sessions?station=${encodeURIComponent(station)}` }, "Sessions of this station")),
         el("p", {}, el("a", { class: "button secondary", href: `/api/sessions.csv?station=${encodeURIComponent(station)}`, download: "" }, "Download CSV")))),
-    configurationCard(station), log.card);
+    configuration.card, log.card);
   return {
     name: "station", station,
     update(kind, data) {
       if (kind === "station" && data.row.id === station) schedule(() => show(data));
       if (kind === "frames") log.add(data);
+      if (kind === "configuration") configuration.reported(data);
     },
   };
 }
@@ -459,16 +475,14 @@ async function sessionsView(params) {
       el("table", { id: "sessions" }, th([["Station"], ["Transaction"], ["Connector"], ["Tag"], ["Start"], ["Stop"], ["Energy", 1], ["Reason"]]),
         el("tbody", {}, data.sessions.map((s) => el("tr", {},
           el("td", {}, el("a", { href: stationHref(s.station) }, s.station)), el("td", {}, s.transaction_id),
-          el("td", {}, s.connector), el("td", {}, s.id_tag || "–"), el("td", {}, s.started_at || "–"),
-          el("td", {}, s.stopped_at || "running"), el("td", { class: "num" }, kwh(s.energy)),
+          el("td", {}, s.connector), el("td", {}, s.id_tag || "–"), el("td", {}, stamp(s.started_at)),
+          el("td", {}, s.stopped_at ? stamp(s.stopped_at) : "running"), el("td", { class: "num" }, kwh(s.energy)),
           el("td", {}, s.reason || "")))))));
   return { name: "sessions" };
 }
 
 // --- the gateway -------------------------------------------------------------------------------
-async function gatewayView() {
-  const g = await get("/api/gateway");
-  gateway = g;
+function gatewayStatus(g) {
   const mqtt = g.mqtt;
   const upstreams = new Map();
   for (const row of rows.values()) {
@@ -478,7 +492,7 @@ async function gatewayView() {
       upstreams.set(name, s);
     }
   }
-  main.replaceChildren(
+  return [
     el("h1", {}, "Gateway", badge(g.ready ? "ready" : "not ready", g.ready ? "ok" : "bad")),
     el("div", { class: "grid" },
       el("section", { class: "card", "aria-labelledby": "h-gw" }, el("h2", { id: "h-gw" }, "Status"),
@@ -506,11 +520,22 @@ async function gatewayView() {
         el("tbody", {}, g.refusals.map((r) => el("tr", {}, el("td", {}, when(r.at)), el("td", {}, r.station || "–"),
           el("td", {}, r.ip), el("td", {}, String(r.status)), el("td", {}, r.reason)))))
         : el("p", { class: "muted" }, "None since the gateway started.")),
+  ];
+}
+
+async function gatewayView() {
+  const g = await get("/api/gateway");
+  gateway = g;
+  const status = el("div", { id: "gateway-status" }, gatewayStatus(g));
+  main.replaceChildren(status,
     el("section", { class: "card table-wrap", "aria-labelledby": "h-settings" }, el("h2", { id: "h-settings" }, "Settings in force"),
       el("p", { class: "muted" }, "Secrets are masked."),
       el("table", { id: "settings" }, el("tbody", {}, Object.entries(g.settings).map(([k, v]) => el("tr", {},
         el("th", { scope: "row", class: "mono" }, k), el("td", { class: "mono" }, typeof v === "string" ? v : JSON.stringify(v))))))));
-  return { name: "gateway" };
+  return {
+    name: "gateway",
+    update(kind, data) { if (kind === "gateway") status.replaceChildren(el("div", {}, gatewayStatus(data))); },
+  };
 }
 
 // --- routing -----------------------------------------------------------------------------------
@@ -525,7 +550,7 @@ async function route() {
     if (a.hasAttribute("aria-current")) a.setAttribute("aria-current", "page");
   }
   const station = name === "station" ? decodeURIComponent(parts.slice(1).join("/")) : null;
-  stream(station);
+  stream(station ? `?station=${encodeURIComponent(station)}` : name === "gateway" ? "?gateway=1" : "");
   view = null;
   try {
     if (name === "station" && station) view = await stationView(station);
