@@ -23,13 +23,15 @@ fi
 
 # Debian packages: Mosquitto (the tests' broker, and the run command's fallback broker) and,
 # for the test command, Chromium (the browser tests drive Debian's chromium through
-# Playwright; nothing is downloaded by Playwright itself).
+# Playwright; nothing is downloaded by Playwright itself) and PostgreSQL (the shared-store
+# tests start their own server in a temporary directory).
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   missing+=(mosquitto)
 fi
-if [ "${OCPP2MQTT_BROWSER:-}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  missing+=(chromium)
+if [ "${OCPP2MQTT_TEST_PACKAGES:-}" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -13,7 +13,7 @@ import pytest
 
 from ocpp2mqtt.config import Settings
 from ocpp2mqtt.gateway import Gateway
-from tests.helpers import Mosquitto, MqttRecorder
+from tests.helpers import Mosquitto, MqttRecorder, Postgres
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,14 @@ def broker() -> Iterator[Mosquitto]:
     mosq = Mosquitto().start()
     yield mosq
     mosq.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL per test worker; each test takes its own database (new_database)."""
+    pg = Postgres().start()
+    yield pg
+    pg.close()
 
 
 @pytest.fixture
@@ -57,7 +65,8 @@ def make_settings(broker_port: int, basepath: str, data_dir: Any, **overrides: A
 @pytest.fixture
 def settings_factory(broker: Mosquitto, basepath: str, tmp_path):
     def factory(**overrides: Any) -> Settings:
-        return make_settings(broker.port, basepath, tmp_path / "data", **overrides)
+        data_dir = overrides.pop("data_dir", tmp_path / "data")
+        return make_settings(broker.port, basepath, data_dir, **overrides)
 
     return factory
 

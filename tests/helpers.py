@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -104,6 +105,98 @@ class Mosquitto:
     def close(self) -> None:
         self.stop()
         self.dir.cleanup()
+
+
+def postgres_bin() -> Path:
+    """Debian's PostgreSQL server binaries (package postgresql, installed by scripts/test.sh)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not found:
+        raise AssertionError("Debian's postgresql is not installed: ./scripts/test.sh installs "
+                             "it (apt-get install postgresql)")
+    return found[-1].parent
+
+
+class Postgres:
+    """A real PostgreSQL in a temporary directory on a free loopback port; can be stopped,
+    killed and restarted. As root the server runs as the `postgres` user (it refuses root)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.bin = postgres_bin()
+        self.user = "ocpp"
+        self._databases = itertools.count(1)
+        self.proc: subprocess.Popen | None = None
+        if os.geteuid() == 0:
+            os.chmod(self.dir, 0o777)
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
+                   self.user, "--no-sync", "-E", "UTF8", "--locale=C"])
+
+    @staticmethod
+    def _as_server_user() -> dict[str, Any]:
+        return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+    def _run(self, argv: list[str]) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              **self._as_server_user())
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {proc.stdout}{proc.stderr}")
+
+    def start(self) -> Postgres:
+        for _ in range(5):
+            log = self.dir / "postgres.log"
+            with log.open("ab") as out:
+                self.proc = subprocess.Popen([
+                    str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                    "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
+                    "-c", "fsync=off", "-c", "max_connections=200"],
+                    stdout=subprocess.DEVNULL, stderr=out, **self._as_server_user())
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if self._accepts():
+                    return self
+                time.sleep(0.05)
+            text = log.read_text(errors="replace")
+            if self.proc.poll() is not None and "Address already in use" in text:
+                self.port = free_port()  # taken between free_port() and the bind
+                continue
+            raise RuntimeError(f"postgres did not start: {text[-2000:]}")
+        raise RuntimeError("postgres found no free port in 5 tries")
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(self._databases)}"
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`immediate`: as if it crashed)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal({"fast": 2, "immediate": 3, "smart": 15}[mode])
+            self.proc.wait(30)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass

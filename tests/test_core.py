@@ -275,3 +275,18 @@ async def test_unchanged_values_can_be_skipped(settings_factory, recorder, basep
             assert recorder.values(f"{p}/voltage") == ["230"]
         finally:
             await st.close()
+
+
+async def test_messages_of_one_tick_arrive_in_the_order_they_were_published(
+        gateway, recorder, basepath):
+    # Essential messages wait for the tick's outbox write; a non-essential one published
+    # after them in the same tick must not overtake them (a reading's energy register
+    # arrived after its meter_timestamp, and consumers group by that timestamp).
+    await recorder.wait_for(f"{basepath}/bridge/state", "online")
+    topics = [f"{basepath}/order/{n}" for n in range(6)]
+    for n, topic in enumerate(topics):
+        gateway.publisher.publish(topic, str(n), retain=False, essential=n in (1, 2, 4))
+    await recorder.wait_for(topics[-1], "5")
+    await asyncio.gather(*(recorder.wait_for(t) for t in topics))
+    arrived = [m.topic for m in recorder.snapshot() if m.topic in topics]
+    assert arrived == topics

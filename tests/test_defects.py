@@ -284,6 +284,7 @@ SENTINELS = {
     "ocpp_upstreams": '{"CP1": [{"name": "employer", "url": "wss://bo.example/ocpp", '
                       '"role": "primary", "password": "sekrit-upstream-4"}]}',
     "web_auth_token": "sekrit-web-5",
+    "store_url": "postgresql://ocpp:sekrit-db-6@db.example:5432/ocpp",
 }
 
 
@@ -295,12 +296,13 @@ def test_every_secret_is_masked_by_check_config(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for secret in ("sekrit-pw-1", "sekrit-token-2", "sekrit-charger-3", "sekrit-upstream-4",
-                   "sekrit-web-5"):
+                   "sekrit-web-5", "sekrit-db-6"):
         assert secret not in proc.stdout + proc.stderr
     for name in SENTINELS:
         assert f"{name.upper()}=" in proc.stdout
     assert "Authorization" in proc.stdout and "CP1" in proc.stdout  # keys are not secret
     assert "wss://bo.example/ocpp" in proc.stdout  # nor is where an upstream is
+    assert "postgresql://ocpp:**********@db.example:5432/ocpp" in proc.stdout
 
 
 # --- metrics --------------------------------------------------------------------------------------

@@ -328,8 +328,7 @@ async def test_sessions_per_tag_and_month_and_the_csv(web):
     finally:
         await st.close()
     table = list(csv.DictReader(io.StringIO(text)))
-    assert [row["energy_kwh"] for row in table] == ["7.500", "0.500", "0.250"] or sorted(
-        row["energy_kwh"] for row in table) == ["0.250", "0.500", "7.500"]
+    assert sorted(float(row["energy_kwh"]) for row in table) == [0.25, 0.5, 7.5]
     assert {row["id_tag"] for row in table} == {"TAG-A", "'=cmd|' /C calc'!A0"}
     assert all(row["station"] == "CP1" and row["stopped_at"] == TS for row in table)
 
@@ -473,6 +472,42 @@ async def test_cross_site_requests_are_refused(web):
                 assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     finally:
         await st.close()
+
+
+async def test_open_page_refuses_names_another_site_could_point_here(settings_factory):
+    """DNS rebinding: evil.example resolving to the gateway is same-origin with it."""
+    settings = web_settings(settings_factory, web_allowed_hosts=("gw.example.org",))
+    async with Gateway(settings) as gw:
+        st = await booted(gw, "CP1")
+        base = f"http://127.0.0.1:{bound_port(gw.http_server)}"
+        command = b'{"action": "unlock_connector", "args": {"connector_id": 1}}'
+        try:
+            async with aiohttp.ClientSession() as http:
+                for host in ("evil.example:8081", "evil.example"):
+                    headers = {"Host": host, "X-Requested-With": "ocpp2mqtt",
+                               "Origin": f"http://{host}"}
+                    async with http.post(f"{base}/api/stations/CP1/command", data=command,
+                                         headers=headers) as resp:
+                        assert resp.status == 403
+                        assert "WEB_ALLOWED_HOSTS" in (await resp.json())["error"]
+                    async with http.get(f"{base}/api/stations", headers=headers) as resp:
+                        assert resp.status == 403
+                assert not any(r.action == "UnlockConnector" for r in st.cp.received)
+                for host in ("gw.example.org:8081", "localhost:8081", "[::1]:8081",
+                             "charger-gateway", "gateway.lan", "192.168.1.5:8081"):
+                    async with http.get(f"{base}/api/stations", headers={"Host": host}) as resp:
+                        assert resp.status == 200, host
+                async with http.get(f"{base}/healthz", headers={"Host": "evil.example"}) as resp:
+                    assert resp.status == 200  # probes answer whatever the name
+        finally:
+            await st.close()
+    token = "t0ken-for-rebinding-test"
+    async with Gateway(web_settings(settings_factory, web_auth_token=token)) as gw:
+        base = f"http://127.0.0.1:{bound_port(gw.http_server)}"
+        async with aiohttp.ClientSession() as http:  # with a token, any name: no cookie there
+            async with http.get(f"{base}/api/stations", headers={
+                    "Host": "evil.example", "Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
 
 
 async def test_web_disabled_keeps_the_probes(settings_factory):

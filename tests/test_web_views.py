@@ -13,7 +13,7 @@ from ocpp2mqtt.commands import CommandError
 from ocpp2mqtt.commands.v2x import component_variable
 from ocpp2mqtt.ocpp.v201 import config_key
 from ocpp2mqtt.state import Stations
-from ocpp2mqtt.store import SessionRow
+from ocpp2mqtt.store import SessionRow, Store, sessions_summary
 from ocpp2mqtt.web import views
 from ocpp2mqtt.web.message_log import ENTRY_OVERHEAD, MessageLog, entries
 
@@ -40,7 +40,8 @@ def test_over_the_byte_budget_every_station_loses_its_oldest_quarter():
         if n < 4:
             log.record("quiet", False, frame)
     assert log.bytes <= cost * 100
-    assert len(log.frames("busy")) < 100 and len(log.frames("quiet")) == 3
+    # the busy station gave up its oldest frames; the quiet one keeps its few
+    assert len(log.frames("busy")) < 100 and len(log.frames("quiet")) == 4
     for _ in range(10_000):
         log.record("busy", True, frame)
         assert log.bytes <= cost * 100
@@ -101,14 +102,32 @@ def _row(tag: str, start: str, wh: float | None, station: str = "CP1") -> Sessio
                       None if wh is None else 1000.0 + wh, "Local")
 
 
-def test_monthly_summary_per_tag_newest_month_first():
-    rows = [_row("B", "2026-10-03T00:00:00Z", 1000), _row("A", "2026-11-01T00:00:00Z", 500),
-            _row("A", "2026-11-20T00:00:00Z", 250), _row("A", "2026-11-21T00:00:00Z", None),
-            _row("B", "2026-11-02T00:00:00Z", 100)]
-    assert views.monthly_summary(rows) == [
-        {"month": "2026-11", "id_tag": "A", "sessions": 2, "energy": 750.0},
-        {"month": "2026-11", "id_tag": "B", "sessions": 1, "energy": 100.0},
-        {"month": "2026-10", "id_tag": "B", "sessions": 1, "energy": 1000.0}]
+def test_sessions_and_monthly_sums_from_the_store(tmp_path):
+    store = Store(tmp_path)
+    try:
+        for station, tag, start, wh in (
+                ("CP1", "B", "2026-10-03T00:00:00Z", 1000),
+                ("CP1", "A", "2026-11-01T00:00:00Z", 500),
+                ("CP2", "A", "2026-11-20T00:00:00Z", 250),
+                ("CP1", "B", "2026-11-02T00:00:00Z", 100),
+                # 1 November, 00:30 in UTC+02:00 is still October in UTC
+                ("CP1", "B", "2026-11-01T00:30:00+02:00", 7)):
+            tx = store.start_transaction(station, 1, tag, 1000, start)
+            store.stop_transaction(station, tx, 1000 + wh, start, "Local")
+        store.start_transaction("CP1", 1, "A", 5000, "2026-11-21T00:00:00Z")  # running
+        total, summary = sessions_summary(store._db)
+        assert total == 6
+        assert summary == [
+            {"month": "2026-11", "id_tag": "A", "sessions": 2, "energy": 750.0},
+            {"month": "2026-11", "id_tag": "B", "sessions": 1, "energy": 100.0},
+            {"month": "2026-10", "id_tag": "B", "sessions": 2, "energy": 1007.0}]
+        assert sessions_summary(store._db, "CP2") == (1, [
+            {"month": "2026-11", "id_tag": "A", "sessions": 1, "energy": 250.0}])
+        latest = store.sessions(limit=2)
+        assert [(r.started_at, r.ended, r.energy) for r in latest] == [
+            ("2026-11-21T00:00:00Z", False, None), ("2026-11-20T00:00:00Z", True, 250)]
+    finally:
+        store.close()
 
 
 def test_csv_has_kwh_and_never_a_formula():
@@ -116,8 +135,12 @@ def test_csv_has_kwh_and_never_a_formula():
                                _row("@SUM(A1)", "2026-11-01T00:00:00Z", None)])
     table = list(csv.DictReader(io.StringIO(text)))
     assert list(table[0]) == list(views.CSV_COLUMNS)
-    assert [r["energy_kwh"] for r in table] == ["7.500", ""]
+    assert [r["energy_kwh"] for r in table] == ["7.5", ""]
     assert [r["id_tag"][0] for r in table] == ["'", "'"]
+    # A meter reset gives a negative energy: still a number, not an escaped text.
+    reset = views.sessions_csv([_row("A", "2026-11-01T00:00:00Z", -1000)])
+    [row] = csv.DictReader(io.StringIO(reset))
+    assert row["energy_kwh"] == "-1.0"
 
 
 @pytest.mark.parametrize("key", ["OCPPCommCtrlr/HeartbeatInterval", "EVSE@1/Power",

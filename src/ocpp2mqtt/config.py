@@ -29,12 +29,13 @@ MASK = "**********"
 
 # Every setting that holds a secret, and how much of it may be shown: "all" hides the
 # value, "values" keeps a mapping's keys (station ids, header names) and hides its values.
-SECRET_FIELDS: dict[str, Literal["all", "values", "passwords"]] = {
+SECRET_FIELDS: dict[str, Literal["all", "values", "passwords", "url"]] = {
     "mqtt_password": "all",
     "mqtt_websocket_headers": "values",
     "ocpp_basic_auth": "values",
     "ocpp_upstreams": "passwords",  # every upstream's "password"
     "web_auth_token": "all",
+    "store_url": "url",  # the password in postgresql://user:password@host/db
 }
 UPSTREAM_NAME = r"^[a-z0-9_-]{1,32}$"
 # What a secondary upstream may send to the charger unless its "allow" says otherwise:
@@ -338,6 +339,13 @@ class Settings(BaseSettings):
     ocpp_tls_key_file: str = ""
     data_dir: Path = Path("data")
 
+    # --- Store (store/) ---
+    # Empty or sqlite:// : SQLite in DATA_DIR (sqlite:///path/file.sqlite3: that file).
+    # postgresql://user:password@host:5432/db: every replica shares one PostgreSQL
+    # database (docs/scaling.md).
+    store_url: str = ""
+    store_sync_timeout: float = Field(2.0, gt=0, le=60)
+
     # --- Relay to other back offices (relay/, docs/relay.md) ---
     ocpp_upstreams: Annotated[dict[str, list[UpstreamConfig]], NoDecode] = Field(
         default_factory=dict)
@@ -388,7 +396,9 @@ class Settings(BaseSettings):
     # --- The web page on the same server (web/, docs/web.md) ---
     web_enabled: bool = True
     web_auth_token: str = ""  # empty: open on the network, as the page says
-    web_message_log_frames: int = Field(300, ge=0, le=100_000)  # per station
+    # Without a token: host names (beside IP addresses and local names) the page answers as
+    web_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    web_message_log_frames: int = Field(300, ge=0, le=5_000)  # per station
     web_message_log_bytes: int = Field(16 * 1024 * 1024, ge=0)  # all stations together
 
     # --- Logging (names and defaults of the original) ---
@@ -433,6 +443,36 @@ class Settings(BaseSettings):
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         return _json_value(value, list)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("postgresql://", "postgres://", "sqlite://")):
+            raise ValueError("must be empty or sqlite:// (SQLite in DATA_DIR), "
+                             "sqlite:///path/to/file.sqlite3, or a PostgreSQL URL: "
+                             "postgresql://user:password@host:5432/database")
+        return value
+
+    @property
+    def shared_store(self) -> bool:
+        return self.store_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The replica's SQLite store (with a shared store: its working copy)."""
+        path = self.store_url[len("sqlite://"):] if self.store_url.startswith("sqlite://") \
+            else ""
+        return Path(path) if path else self.data_dir / "ocpp2mqtt.sqlite3"
+
+    @field_validator("web_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return _json_value(value, list)
+            return tuple(h.strip() for h in value.split(",") if h.strip())
+        return value
 
     @field_validator("expected_charge_points")
     @classmethod
@@ -559,6 +599,8 @@ class Settings(BaseSettings):
             elif how == "passwords" and isinstance(value, dict):
                 value = {station: [{**u, "password": MASK if u.get("password") else None}
                                    for u in links] for station, links in value.items()}
+            elif how == "url" and isinstance(value, str):
+                value = mask_url(value)
             elif how is not None:
                 value = MASK if value else ""
             out[_env_name(key)] = value
@@ -598,6 +640,16 @@ def load_settings(**overrides: Any) -> Settings:
         text = str(exc)
         field = text.split('"')[1] if '"' in text else "?"
         raise ConfigError(f"{_env_name(field)}: {text}") from None
+
+
+def mask_url(url: str) -> str:
+    """`postgresql://user:secret@host/db` → `postgresql://user:**********@host/db`."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}"
 
 
 def env_documentation() -> list[tuple[str, Any]]:

@@ -10,6 +10,7 @@ a reading and a command travel through them: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterator
@@ -38,12 +39,13 @@ from ocpp2mqtt.mqtt.router import TopicRouter
 from ocpp2mqtt.mqtt.transport import MqttTransport
 from ocpp2mqtt.ocpp.admission import Admission
 from ocpp2mqtt.ocpp.server import OcppServer
-from ocpp2mqtt.ocpp.session import SessionServices
+from ocpp2mqtt.ocpp.session import Durability, SessionServices
 from ocpp2mqtt.ocpp.station_id import InvalidStationId, check_station_id
 from ocpp2mqtt.relay.forwarding import Relay
 from ocpp2mqtt.replicas import Replicas
 from ocpp2mqtt.state import Stations
-from ocpp2mqtt.store import Store
+from ocpp2mqtt.store import SessionRow, Store, sessions, sessions_summary
+from ocpp2mqtt.store.postgres import SharedStore, StoreUnavailable
 from ocpp2mqtt.topics import Topics
 from ocpp2mqtt.web.app import Sources, WebPage
 from ocpp2mqtt.web.live import LiveExtension
@@ -51,12 +53,34 @@ from ocpp2mqtt.web.message_log import MessageLog
 
 log = logging.getLogger("ocpp2mqtt.gateway")
 
+SESSIONS_SHOWN = 500  # the web page's list; the CSV has every session
+
+
+class BothDurable:
+    """The session's answer waits for the MQTT outbox and the shared store."""
+
+    def __init__(self, publisher: DurablePublisher, shared: SharedStore):
+        self.publisher = publisher
+        self.shared = shared
+
+    @property
+    def dirty(self) -> bool:
+        return self.publisher.dirty or self.shared.dirty
+
+    async def durable(self) -> None:
+        if self.publisher.dirty:
+            await self.publisher.durable()
+        if self.shared.dirty:
+            await self.shared.durable()
+
 
 class Gateway:
     def __init__(self, settings: Settings, extensions: list[Extension] | None = None):
         """`extensions`: more extensions, run before the built-in ones."""
         s = self.settings = settings
-        self.store = Store(s.data_dir)
+        self.store = Store(s.data_dir, s.sqlite_path)
+        self.shared = SharedStore(s.store_url, self.store, s.store_sync_timeout) \
+            if s.shared_store else None
         self.instance_id = self.store.instance_id()
         self.started_at = utc_now(precise=True)
         self.metrics = Metrics()
@@ -91,9 +115,12 @@ class Gateway:
             extensions.append(HomeAssistantExtension())
         self.host = ExtensionHost(self.stations, extensions,
                                   lambda name: self.metrics.extension_errors.labels(name).inc())
+        durability: Durability = self.publisher if self.shared is None else \
+            BothDurable(self.publisher, self.shared)
         services = SessionServices(s, self.host.emit, self.authorizer, self.store,
-                                   self.metrics, self.publisher,
-                                   frames=self.message_log if web else None)
+                                   self.metrics, durability,
+                                   frames=self.message_log if web else None,
+                                   prepare=self.shared.load_station if self.shared else None)
         self.server = OcppServer(s, services, Admission(s), self.instance_id, self.spawn)
         self.commands = CommandRunner(s, self.topics, self.server, self.router, self.publisher,
                                       self.store, self.authorizer, self.host.emit, self.metrics,
@@ -119,7 +146,8 @@ class Gateway:
         self.metrics.live(self._live_metrics)
         self.http_server: HttpServer | None = None
         self.web = WebPage(Sources(
-            settings=s, stations=self.stations, store=self.store, log=self.message_log,
+            settings=s, stations=self.stations, sessions=self.sessions,
+            all_sessions=self.all_sessions, log=self.message_log,
             live=self.live, execute=self.commands.execute, status=self.status,
             version=lambda station: self.commands.version_of(station).name)) if web else None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,6 +163,8 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        if self.shared is not None:
+            await self.shared.start(wait=max(2 * s.store_sync_timeout, 5.0))
         self.publisher.start()
         self.mqtt.start()
         self.host.start(self._context)
@@ -170,6 +200,8 @@ class Gateway:
             await self.http_server.close()
         await self.host.stop()
         await self.publisher.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         self.store.close()
 
     async def serve_forever(self) -> None:
@@ -209,9 +241,39 @@ class Gateway:
             problems.append("mqtt: not connected to the broker")
         if not self.server.listening:
             problems.append("ocpp: server not listening")
+        store = self.shared.readiness() if self.shared is not None else None
+        # A replica that never reached the shared store knows nothing of the others: not
+        # ready. One that lost it keeps serving its chargers (and says so).
+        if store is not None and self.shared is not None and not self.shared.ever_connected:
+            problems.append(store)
         if problems:
             return False, "\n".join(problems) + "\n"
-        return True, "ready\n"
+        return True, f"ready (degraded: {store})\n" if store else "ready\n"
+
+    # --- session history (the web page) ----------------------------------------------------
+    async def sessions(self, station: str | None) -> tuple[list[SessionRow], int,
+                                                            list[dict[str, Any]]]:
+        if self.shared is not None and self.shared.connected:
+            with contextlib.suppress(StoreUnavailable, OSError, ImportError):
+                rows = await self.shared.sessions(station, SESSIONS_SHOWN)
+                return (rows, *await self.shared.sessions_summary(station))
+
+        def read() -> tuple[list[SessionRow], int, list[dict[str, Any]]]:
+            with contextlib.closing(self.store.session_reader()) as db:
+                return (sessions(db, station, SESSIONS_SHOWN), *sessions_summary(db, station))
+
+        return await asyncio.to_thread(read)
+
+    async def all_sessions(self, station: str | None) -> list[SessionRow]:
+        if self.shared is not None and self.shared.connected:
+            with contextlib.suppress(StoreUnavailable, OSError, ImportError):
+                return await self.shared.sessions(station, None)
+
+        def read() -> list[SessionRow]:
+            with contextlib.closing(self.store.session_reader()) as db:
+                return sessions(db, station)
+
+        return await asyncio.to_thread(read)
 
     def status(self) -> dict[str, Any]:
         """The gateway as the web page's gateway view shows it."""
@@ -257,6 +319,21 @@ class Gateway:
         yield ("counter", "ocpp2mqtt_outbox_dropped_messages",
                "Non-essential messages dropped because the outbox was over OUTBOX_MAX_BYTES.",
                publisher.outbox.dropped_messages)
+        if self.shared is not None:
+            shared = self.shared
+            yield ("gauge", "ocpp2mqtt_store_connected",
+                   "1 while connected to the shared store (STORE_URL).",
+                   1 if shared.connected else 0)
+            yield ("gauge", "ocpp2mqtt_store_unreachable_seconds",
+                   "Seconds since the shared store was lost (0 while connected).",
+                   round(shared.unreachable_seconds(), 1))
+            yield ("gauge", "ocpp2mqtt_store_journal_depth",
+                   "Changes waiting to be copied to the shared store.",
+                   self.store.journal_depth())
+            yield ("counter", "ocpp2mqtt_store_copied",
+                   "Changes copied to the shared store.", shared.copied)
+            yield ("counter", "ocpp2mqtt_store_failures",
+                   "Failed attempts to reach or write the shared store.", shared.failures)
         yield ("gauge", "ocpp2mqtt_shared_topic_stations",
                "Connected stations publishing on one shared set of topics "
                "(MQTT_USESTATIONNAME=false); more than 1 mixes their values.",

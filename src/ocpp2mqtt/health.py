@@ -109,12 +109,24 @@ async def start_http(s: Settings, ready: Readiness, metrics: Metrics,
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
                            handle_signals=False)
     await runner.setup()
-    # Our own socket, so the port HTTP_PORT=0 got is known without aiohttp's internals.
-    family = socket.getaddrinfo(s.http_addr or None, s.http_port, type=socket.SOCK_STREAM,
-                                flags=socket.AI_PASSIVE)[0][0]
-    sock = socket.create_server((s.http_addr, s.http_port), family=family)
-    await web.SockSite(runner, sock).start()
-    server = HttpServer(runner, sock)
+    # Our own sockets, so the port HTTP_PORT=0 got is known without aiohttp's internals;
+    # one per address HTTP_ADDR names (both families for "" or a host name).
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in socket.getaddrinfo(
+                s.http_addr or None, s.http_port, type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE):
+            port = sockets[0].getsockname()[1] if sockets else s.http_port
+            sockets.append(socket.create_server((address[0], port), family=family,
+                                                dualstack_ipv6=False))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        await runner.cleanup()
+        raise
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    server = HttpServer(runner, sockets[0])
     log.info("HTTP on http://%s:%s (/healthz /readyz /metrics%s)", s.http_addr, server.port,
              " and the web page /" if extend is not None else "")
     return server

@@ -68,9 +68,10 @@ class Replicas:
                 # (kill -9, power cut): its retained CONNECTED is stale.
                 self.emit(ev.Disconnected(station, utc_now(), reason="gateway restarted"))
             return
-        # A retained claim may be older than our own connection (e.g. replayed after a
-        # broker restart); a live one is always news.
-        if session is not None and (not message.retain or since > session.connected_at):
+        # A claim older than our own connection is stale: a retained one replayed after a
+        # broker restart, or a live one that took longer to arrive than the charger took
+        # to move here (seen with a charger hopping between replicas within milliseconds).
+        if session is not None and since > session.connected_at:
             log.info("%s was claimed by replica %s; closing our stale connection", station,
                      owner)
             session.taken_over = True

@@ -37,8 +37,9 @@ class DurablePublisher:
         self.published = 0
         self.publish_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._essential: list[Message] = []
-        self._other: list[Message] = []
+        # This tick's queued messages in publish order, as runs of one class (essential
+        # or not): one outbox row per run, so the bound can still drop non-essential ones.
+        self._runs: list[tuple[bool, list[Message]]] = []
         self._flush_scheduled = False
         self._durable_waiters: list[asyncio.Future[None]] = []
         self._online = False  # broker up AND backlog replayed: new batches go straight out
@@ -134,18 +135,21 @@ class DurablePublisher:
         if isinstance(payload, bytes):
             payload = payload.decode()
         message = (topic, payload, retain, qos)
-        if essential:
-            self._essential.append(message)
-        elif self._online and len(self._mid_seq) < MAX_IN_FLIGHT:
+        runs = self._runs
+        if not essential and not runs and self._online and \
+                len(self._mid_seq) < MAX_IN_FLIGHT:
             # Non-essential state (voltages, last_seen, …) goes straight out while the
-            # broker is up and nothing is queued before it: paho keeps it across a
-            # reconnect, and the next reading supersedes it anyway. Only a kill -9 in the
-            # few milliseconds before the broker's PUBACK can lose one.
+            # broker is up and nothing is queued before it, not even in this tick (an
+            # energy register must not arrive after its meter_timestamp): paho keeps it
+            # across a reconnect, and the next reading supersedes it anyway. Only a kill -9
+            # in the few milliseconds before the broker's PUBACK can lose one.
             if self.transport.publish(topic, payload, qos, retain) is None:
                 self.publish_failures += 1
             return
+        if runs and runs[-1][0] == essential:
+            runs[-1][1].append(message)
         else:
-            self._other.append(message)
+            runs.append((essential, [message]))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None, "publish() before start()"
@@ -167,13 +171,7 @@ class DurablePublisher:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        batches: list[tuple[bool, list[Message]]] = []
-        if self._essential:
-            batches.append((True, self._essential))
-            self._essential = []
-        if self._other:
-            batches.append((False, self._other))
-            self._other = []
+        batches, self._runs = self._runs, []
         try:
             # Deletions of acknowledged rows are left to _ack_loop: fewer statements here.
             seqs = self.outbox.write(batches, [])
@@ -246,6 +244,6 @@ class DurablePublisher:
 
     def queue_depth(self) -> int:
         """Messages not yet acknowledged by the broker (in flight + waiting in the outbox)."""
-        return len(self._mid_seq) + len(self._essential) + len(self._other) + (
+        return len(self._mid_seq) + sum(len(m) for _, m in self._runs) + (
             0 if self._online else self.outbox.rows
         )

@@ -91,6 +91,9 @@ class SessionServices:
     durability: Durability
     relay: Forwarder | None = None
     frames: FrameSink | None = None
+    # Before a station's first message is handled (shared store: read what other
+    # replicas wrote about it).
+    prepare: Callable[[str], Awaitable[None]] | None = None
 
 
 RELAYED_BACKLOG = 64  # CALLs a relayed charger may send before we answered (OCPP-J: 1)
@@ -128,6 +131,8 @@ class Session:
         rate = services.settings.ocpp_rate_limit
         burst = float(services.settings.ocpp_rate_burst)
         tokens, last, throttled = burst, loop.time(), False
+        if services.prepare is not None:
+            await services.prepare(self.station)
         frames = services.frames
         station = self.station
         answering = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from aiohttp import web
 
 from ocpp2mqtt.config import Settings
 from ocpp2mqtt.state import Stations
-from ocpp2mqtt.store import Store
+from ocpp2mqtt.store import SessionRow
 from ocpp2mqtt.web import views
 from ocpp2mqtt.web.live import LiveExtension, sse
 from ocpp2mqtt.web.message_log import MessageLog
@@ -65,9 +66,14 @@ SECURITY_HEADERS = {
 }
 # Open without login: the probes, the login itself, logging out (it only clears the
 # cookie) and the page's static files (nothing in them is private).
+LOCAL_SUFFIXES = (".local", ".lan", ".home.arpa", ".internal", ".localhost", ".home")
 _OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/")
 
 Execute = Callable[[str, bytes], Awaitable[dict[str, Any]]]
+# (station or None) → (latest sessions, how many in all, sums per month and tag)
+SessionsPage = Callable[[str | None], Awaitable[tuple[list[SessionRow], int,
+                                                      list[dict[str, Any]]]]]
+AllSessions = Callable[[str | None], Awaitable[list[SessionRow]]]
 
 
 @dataclass
@@ -76,7 +82,8 @@ class Sources:
 
     settings: Settings
     stations: Stations
-    store: Store
+    sessions: SessionsPage  # off the event loop: a fleet's history is large
+    all_sessions: AllSessions
     log: MessageLog
     live: LiveExtension
     execute: Execute  # (station, command JSON) → the result document, like MQTT's
@@ -84,9 +91,40 @@ class Sources:
     version: Callable[[str], str]  # the OCPP version a station speaks ("1.6", "2.0.1", …)
 
 
-def session_value(token: str) -> str:
-    """The cookie a login sets: derived from the token, never the token itself."""
-    return hmac.new(token.encode(), b"ocpp2mqtt web session", hashlib.sha256).hexdigest()
+SESSION_DAYS = 30
+
+
+def session_value(token: str, expires: int) -> str:
+    """The cookie a login sets: its expiry, signed with the token (never the token)."""
+    mac = hmac.new(token.encode(), f"ocpp2mqtt web session {expires}".encode(),
+                   hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def session_valid(token: str, cookie: str, now: float) -> bool:
+    expires, _, _ = cookie.partition(".")
+    if not expires.isdigit() or int(expires) < now:
+        return False
+    return hmac.compare_digest(cookie.encode(), session_value(token, int(expires)).encode())
+
+
+def _plain_host(host: str) -> str:
+    """`[::1]:8081` → `::1`, `gw.lan:8081` → `gw.lan`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def local_name(host: str) -> bool:
+    """A Host a DNS-rebinding attacker cannot make a browser send: an IP address,
+    localhost, a name without a dot, or one under a local-only suffix."""
+    name = _plain_host(host).lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return "." not in name or name.endswith(LOCAL_SUFFIXES)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -103,7 +141,7 @@ class WebPage:
     def __init__(self, sources: Sources):
         self.src = sources
         self.token = sources.settings.web_auth_token
-        self.session = session_value(self.token) if self.token else ""
+        self.allowed_hosts = {h.lower() for h in sources.settings.web_allowed_hosts}
         self.configurations = sources.live.configurations
         sources.live.gateway_document = self.gateway_document
 
@@ -132,17 +170,33 @@ class WebPage:
         if not self.token:
             return True
         cookie = request.cookies.get(COOKIE, "")
-        if cookie and hmac.compare_digest(cookie, self.session):
+        if cookie and session_valid(self.token, cookie, time.time()):
             return True
         header = request.headers.get("Authorization", "")
         return header.startswith("Bearer ") and hmac.compare_digest(
             header[7:].encode(), self.token.encode())
+
+    def host_allowed(self, request: web.Request) -> bool:
+        """Without a token, only names a rebinding attacker cannot use (or
+        WEB_ALLOWED_HOSTS): a page on evil.example resolving to this gateway's address
+        would otherwise be same-origin with it. With a token it has no cookie."""
+        if self.token:
+            return True
+        host = request.headers.get("Host", "")
+        return local_name(host) or _plain_host(host).lower() in self.allowed_hosts
 
     @web.middleware
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                      ) -> web.StreamResponse:
         path = request.path
+        if path.startswith(("/healthz", "/readyz", "/metrics")):
+            return await handler(request)
+        if not self.host_allowed(request):
+            return _error(403, f"this page was reached as {request.host[:100]!r}, a name "
+                               "another site could point at this gateway: open it by its IP "
+                               "address, add the name to WEB_ALLOWED_HOSTS, or set "
+                               "WEB_AUTH_TOKEN")
         if path.startswith(_OPEN_PATHS):
             if request.method == "POST" and not self._same_site(request):
                 return _error(403, "cross-site request refused")
@@ -171,7 +225,12 @@ class WebPage:
         if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
             return False
         origin = request.headers.get("Origin")
-        return origin is None or urlsplit(origin).netloc == request.host
+        if origin is None:
+            return True
+        # Behind a reverse proxy the page's origin is the proxy's host. A cross-site page
+        # cannot set X-Forwarded-Host (a custom header needs a CORS preflight).
+        hosts = {request.host, request.headers.get("X-Forwarded-Host", "")}
+        return urlsplit(origin).netloc in hosts
 
     async def login_page(self, request: web.Request) -> web.StreamResponse:
         if not self.token:
@@ -191,8 +250,11 @@ class WebPage:
             await asyncio.sleep(LOGIN_FAILURE_DELAY)
             raise web.HTTPSeeOther("/login?failed=1")
         redirect = web.HTTPSeeOther("/")
-        redirect.set_cookie(COOKIE, self.session, httponly=True, samesite="Strict",
-                            max_age=30 * 86400, path="/", secure=request.secure)
+        expires = int(time.time()) + SESSION_DAYS * 86400
+        secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
+        redirect.set_cookie(COOKIE, session_value(self.token, expires), httponly=True,
+                            samesite="Strict", max_age=SESSION_DAYS * 86400, path="/",
+                            secure=secure)
         raise redirect
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
@@ -247,9 +309,11 @@ class WebPage:
         station = request.match_info["id"]
         reported = self.src.version(station) != "1.6"
         if reported:
-            self.configurations.forget(station)
+            self.configurations.expect_report(station)  # the parts replace the old keys
         result = await self.src.execute(station, b'{"action": "get_configuration"}')
         response = result.get("response")
+        if reported and result.get("status") != "ok":
+            self.configurations.expect_report(station, False)  # keep what we had
         if not reported and result.get("status") == "ok" and isinstance(response, dict):
             # Results keep the original's snake_case (configuration_key, unknown_key).
             self.configurations.read(station, response.get("configuration_key") or [],
@@ -290,13 +354,14 @@ class WebPage:
     # --- sessions -----------------------------------------------------------------------------
     async def sessions(self, request: web.Request) -> web.Response:
         station = request.query.get("station") or None
-        rows = self.src.store.sessions(station)
-        return _json({"sessions": [views.session_document(r) for r in rows[:500]],
-                      "total": len(rows), "summary": views.monthly_summary(rows)})
+        rows, total, summary = await self.src.sessions(station)
+        return _json({"sessions": [views.session_document(r) for r in rows],
+                      "total": total, "summary": summary})
 
     async def sessions_csv(self, request: web.Request) -> web.Response:
         station = request.query.get("station") or None
-        body = views.sessions_csv(self.src.store.sessions(station))
+        rows = await self.src.all_sessions(station)
+        body = await asyncio.to_thread(views.sessions_csv, rows)
         name = f"sessions-{station}.csv" if station else "sessions.csv"
         return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
             "Content-Disposition": f'attachment; filename="{_safe_name(name)}"',

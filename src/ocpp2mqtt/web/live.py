@@ -71,6 +71,13 @@ class Configurations:
 
     def __init__(self) -> None:
         self._by_station: dict[str, tuple[float, dict[str, dict[str, Any]], list[str]]] = {}
+        self._renewing: set[str] = set()  # a new report was asked for: it replaces the keys
+
+    def expect_report(self, station: str, expected: bool = True) -> None:
+        if expected:
+            self._renewing.add(station)
+        else:
+            self._renewing.discard(station)
 
     def read(self, station: str, keys: list[dict[str, Any]], unknown: list[str]) -> None:
         """A whole GetConfiguration answer: replaces what was known."""
@@ -80,8 +87,12 @@ class Configurations:
         self._by_station[station] = (time.time(), entries, list(unknown))
 
     def reported(self, station: str, values: dict[str, str], readonly: frozenset[str]) -> None:
-        """Part of a 2.x report: merged into what is known."""
+        """Part of a 2.x report: merged into what is known (the first part of a report the
+        page asked for replaces it)."""
         _, entries, unknown = self._by_station.get(station, (0.0, {}, []))
+        if station in self._renewing:
+            self._renewing.discard(station)
+            entries, unknown = {}, []
         for key, value in values.items():
             entries[key] = {"key": key, "readonly": key in readonly, "value": value}
         self._by_station[station] = (time.time(), entries, unknown)

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 ENTRY_OVERHEAD = 60  # bytes a logged frame costs beyond its text (time, list slots)
+KEEP_WHEN_SHRINKING = 8  # frames an idle station keeps when the byte budget is hit
+LOOKBACK = 64  # earlier frames read with new ones, to pair an answer with its CALL
 REFUSALS_KEPT = 500  # refused handshakes remembered, all stations together
 
 
@@ -67,10 +69,17 @@ class MessageLog:
         del log[:3 * frames]
 
     def _shrink(self) -> None:
-        for station, log in list(self._logs.items()):
-            self._drop(log, (len(log) // 3 + 3) // 4)
-            if not log:
-                del self._logs[station]
+        # The busy stations' oldest quarter first; an idle station keeps its last few
+        # frames unless that alone is not enough.
+        for keep in (KEEP_WHEN_SHRINKING, 0):
+            for station, log in list(self._logs.items()):
+                frames = len(log) // 3
+                if frames > keep:
+                    self._drop(log, max(1, min(frames - keep, (frames + 3) // 4)))
+                if not log:
+                    del self._logs[station]
+            if self.bytes <= self.max_bytes:
+                return
 
     def refused(self, station: str, ip: str, status: int, reason: str) -> None:
         self.refusals.append(Refusal(time.time(), station, ip, status, reason))
@@ -84,6 +93,13 @@ class MessageLog:
     def frames(self, station: str, after: float = 0.0) -> list[dict[str, Any]]:
         """The station's last frames, oldest first, with the round trip of each answer."""
         log = self._logs.get(station, [])[-3 * self.frames_per_station:]
+        if after:
+            # Only the frames after `after` (and a few before, for round trips) are read:
+            # a page watching a busy station must not parse its whole log every tick.
+            start = len(log)
+            while start >= 3 and log[start - 3] > after:
+                start -= 3
+            log = log[max(0, start - 3 * LOOKBACK):]
         return entries(zip(log[0::3], log[1::3], log[2::3], strict=True), after)
 
     def last_at(self, station: str) -> float:

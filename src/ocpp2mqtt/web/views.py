@@ -1,8 +1,9 @@
 """What the page shows, from the typed state and the store. Pure: no I/O.
 
 One table row per station (`station_row`), one document per station page
-(`station_detail`), sessions summed per tag and month (`monthly_summary`) and as
-CSV (`sessions_csv`). Numbers stay numbers (W, Wh, A); the page formats them.
+(`station_detail`), sessions as documents and as CSV (`sessions_csv`; the per-tag,
+per-month sums come from the store's SQL). Numbers stay numbers (W, Wh, A); the page
+formats them.
 """
 
 from __future__ import annotations
@@ -130,23 +131,7 @@ def session_document(row: SessionRow) -> dict[str, Any]:
             "connector": row.connector_id, "id_tag": row.id_tag,
             "started_at": row.started_at, "stopped_at": row.stopped_at,
             "meter_start": row.meter_start, "meter_stop": row.meter_stop,
-            "energy": row.energy, "reason": row.reason}
-
-
-def monthly_summary(rows: Iterable[SessionRow]) -> list[dict[str, Any]]:
-    """Finished sessions per month (of their start, UTC) and tag: count and energy. The
-    reimbursement view: newest month first, then by tag."""
-    sums: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        if row.energy is None:
-            continue
-        entry = sums.setdefault((row.started_at[:7], row.id_tag), [0, 0.0])
-        entry[0] += 1
-        entry[1] += row.energy
-    by_tag = sorted(sums.items(), key=lambda item: item[0][1])
-    return [{"month": month, "id_tag": tag, "sessions": int(count), "energy": round(wh, 3)}
-            for (month, tag), (count, wh) in sorted(by_tag, key=lambda item: item[0][0],
-                                                    reverse=True)]
+            "energy": row.energy, "reason": row.reason, "ended": row.ended}
 
 
 CSV_COLUMNS = ("station", "transaction_id", "connector", "id_tag", "started_at", "stopped_at",
@@ -165,8 +150,10 @@ def sessions_csv(rows: Iterable[SessionRow]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        energy = None if row.energy is None else f"{row.energy / 1000:.3f}"
-        writer.writerow([_cell(x) for x in (
-            row.station, row.transaction_id, row.connector_id, row.id_tag, row.started_at,
-            row.stopped_at, row.meter_start, row.meter_stop, energy, row.reason)])
+        # Numbers stay numbers (a meter reset gives a negative energy, not a text).
+        energy = "" if row.energy is None else round(row.energy / 1000, 3)
+        writer.writerow([_cell(row.station), _cell(row.transaction_id), row.connector_id,
+                         _cell(row.id_tag), _cell(row.started_at), _cell(row.stopped_at),
+                         _cell(row.meter_start), _cell(row.meter_stop), energy,
+                         _cell(row.reason)])
     return out.getvalue()

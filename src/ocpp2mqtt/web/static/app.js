@@ -88,8 +88,13 @@ function stream(query) {
   if (source) source.close();
   source = new EventSource(`/api/events${query}`);
   source.query = query;
-  source.addEventListener("open", () => { liveBadge.textContent = "live"; liveBadge.className = "live on"; });
+  let lost = false;
+  source.addEventListener("open", () => {
+    liveBadge.textContent = "live"; liveBadge.className = "live on";
+    if (lost) { lost = false; reload(); } // what changed while the stream was down
+  });
   source.addEventListener("error", () => {
+    lost = true;
     liveBadge.textContent = "reconnecting…"; liveBadge.className = "live off";
   });
   source.addEventListener("rows", (e) => {
@@ -99,7 +104,7 @@ function stream(query) {
   for (const kind of ["station", "frames", "configuration", "gateway"]) {
     source.addEventListener(kind, (e) => { if (view && view.update) view.update(kind, JSON.parse(e.data)); });
   }
-  source.addEventListener("resync", () => { route(); });
+  source.addEventListener("resync", () => { reload(); });
 }
 
 function schedule(fn) {
@@ -390,8 +395,20 @@ function logCard(station) {
   const body = el("tbody");
   const note = el("p", { class: "muted" });
   const refusals = el("div");
+  let newest = null; // time of the newest frame shown; null until the log is loaded
+  let early = []; // frames the stream pushed before the log arrived
+  function add(frames) {
+    const fresh = frames.filter((f) => f.t > newest);
+    if (!fresh.length) return;
+    newest = fresh[fresh.length - 1].t;
+    body.prepend(...fresh.reverse().map(frameRow));
+    while (body.children.length > 500) body.lastChild.remove();
+  }
   get(`/api/stations/${encodeURIComponent(station)}/log`).then((data) => {
-    body.prepend(...data.frames.reverse().map(frameRow));
+    newest = 0;
+    add(data.frames);
+    add(early);
+    early = [];
     note.textContent = `The last ${data.kept} frames in each direction together, kept in memory; newest first.`;
     if (data.refusals.length) {
       refusals.replaceChildren(el("h3", {}, "Refused connection attempts"), el("table", {},
@@ -405,17 +422,15 @@ function logCard(station) {
       el("div", { class: "table-wrap" }, el("table", { id: "log" },
         el("thead", {}, el("tr", {}, ["Time", "Dir", "Type", "Action", "Round trip", "Frame"].map((h) =>
           el("th", { scope: "col" }, h)))), body))),
-    add(frames) {
-      body.prepend(...frames.reverse().map(frameRow));
-      while (body.children.length > 500) body.lastChild.remove();
-    },
+    add(frames) { if (newest === null) early.push(...frames); else add(frames); },
   };
 }
 
-async function stationView(station) {
+async function stationView(station, mine) {
   main.replaceChildren(el("h1", {}, station), el("p", { class: "muted" }, "Loading…"));
   let detail;
   try { detail = await get(`/api/stations/${encodeURIComponent(station)}`); } catch (err) {
+    if (!current(mine)) return null;
     main.replaceChildren(el("h1", {}, station), el("p", { class: "error" }, `Unknown station: ${err.message}`),
       el("p", {}, el("a", { href: "#/" }, "All stations")));
     return { name: "station", station };
@@ -427,6 +442,7 @@ async function stationView(station) {
     live.replaceChildren(...overviewCards(d));
     rows.set(d.row.id, d.row);
   }
+  if (!current(mine)) return null;
   show(detail);
   const log = logCard(station);
   const configuration = configurationCard(station);
@@ -447,11 +463,12 @@ async function stationView(station) {
 }
 
 // --- sessions ---------------------------------------------------------------------------------
-async function sessionsView(params) {
+async function sessionsView(params, mine) {
   const station = params.get("station") || "";
   const q = station ? `?station=${encodeURIComponent(station)}` : "";
   main.replaceChildren(el("h1", {}, "Sessions"), el("p", { class: "muted" }, "Loading…"));
   const data = await get(`/api/sessions${q}`);
+  if (!current(mine)) return null;
   const pick = el("select", {
     "aria-label": "Station", onchange: (e) => {
       location.hash = e.target.value ? `#/sessions?station=${encodeURIComponent(e.target.value)}` : "#/sessions";
@@ -476,7 +493,7 @@ async function sessionsView(params) {
         el("tbody", {}, data.sessions.map((s) => el("tr", {},
           el("td", {}, el("a", { href: stationHref(s.station) }, s.station)), el("td", {}, s.transaction_id),
           el("td", {}, s.connector), el("td", {}, s.id_tag || "–"), el("td", {}, stamp(s.started_at)),
-          el("td", {}, s.stopped_at ? stamp(s.stopped_at) : "running"), el("td", { class: "num" }, kwh(s.energy)),
+          el("td", {}, s.stopped_at ? stamp(s.stopped_at) : s.ended ? "ended" : "running"), el("td", { class: "num" }, kwh(s.energy)),
           el("td", {}, s.reason || "")))))));
   return { name: "sessions" };
 }
@@ -523,8 +540,9 @@ function gatewayStatus(g) {
   ];
 }
 
-async function gatewayView() {
+async function gatewayView(mine) {
   const g = await get("/api/gateway");
+  if (!current(mine)) return null;
   gateway = g;
   const status = el("div", { id: "gateway-status" }, gatewayStatus(g));
   main.replaceChildren(status,
@@ -539,7 +557,21 @@ async function gatewayView() {
 }
 
 // --- routing -----------------------------------------------------------------------------------
+async function loadRows() {
+  const list = await get("/api/stations");
+  rows.clear();
+  for (const row of list.rows) rows.set(row.id, row);
+}
+
+async function reload() {
+  try { await loadRows(); } catch (err) { return; } // the stream's next error says so
+  route();
+}
+
+let navigation = 0; // a view that finishes loading after the user moved on is dropped
+
 async function route() {
+  const mine = ++navigation;
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
@@ -552,16 +584,21 @@ async function route() {
   const station = name === "station" ? decodeURIComponent(parts.slice(1).join("/")) : null;
   stream(station ? `?station=${encodeURIComponent(station)}` : name === "gateway" ? "?gateway=1" : "");
   view = null;
+  const render = name === "station" && station ? () => stationView(station, mine)
+    : name === "sessions" ? () => sessionsView(params, mine)
+      : name === "gateway" ? () => gatewayView(mine) : async () => stationsView();
   try {
-    if (name === "station" && station) view = await stationView(station);
-    else if (name === "sessions") view = await sessionsView(params);
-    else if (name === "gateway") view = await gatewayView();
-    else view = stationsView();
+    const shown = await render(mine);
+    if (mine !== navigation) return;
+    view = shown;
     document.title = `${station || name[0].toUpperCase() + name.slice(1)} · ocpp2mqtt`;
   } catch (err) {
-    main.replaceChildren(el("p", { class: "error", role: "alert" }, err.message));
+    if (mine === navigation) main.replaceChildren(el("p", { class: "error", role: "alert" }, err.message));
   }
 }
+
+// A view renders into `main` only while it is still the one the user asked for.
+const current = (mine) => mine === navigation;
 
 async function start() {
   try {

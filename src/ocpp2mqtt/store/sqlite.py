@@ -5,15 +5,25 @@ relay's queues and transaction-id maps (relay/).
 SQLite in the data directory. Calls are synchronous and small (one row per
 transaction start/stop), so they run inline on the event loop; WAL mode keeps
 them well under a millisecond and durable across kill -9.
+
+With a shared store (STORE_URL=postgresql://…, store/postgres.py) this stays the
+replica's working copy: every change that other replicas must see is also written,
+in the same SQLite transaction, to the `journal`, which the shared store copies to
+PostgreSQL in order; what other replicas wrote about a station is imported when the
+station connects here (`import_station`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,6 +72,12 @@ CREATE TABLE IF NOT EXISTS relay_queue (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS relay_queue_link ON relay_queue (station, upstream, seq);
+-- Changes waiting to be copied to the shared store (STORE_URL=postgresql://…), in order.
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL,
+    args TEXT NOT NULL
+);
 -- 1.6: the id a back office gave a transaction, when it is not the charger's.
 CREATE TABLE IF NOT EXISTS relay_transactions (
     station TEXT NOT NULL,
@@ -117,6 +133,7 @@ class SessionRow:
     meter_start: float | None
     meter_stop: float | None
     reason: str | None
+    ended: bool = False
 
     @property
     def energy(self) -> float | None:
@@ -163,13 +180,58 @@ class QueuedMessage:
     attempts: int
 
 
+class _SessionsQuery:
+    """Both generations' transactions as one table of sessions."""
+
+    query = ("SELECT * FROM (SELECT station, CAST(COALESCE(charger_id, id) AS TEXT) AS tx,"
+             " connector_id, id_tag, started_at, stopped_at, meter_start, meter_stop, reason,"
+             " meter_stop IS NOT NULL AS ended FROM transactions"
+             " UNION ALL SELECT station, transaction_id, evse_id, id_tag, started_at,"
+             " stopped_at, meter_start, COALESCE(meter_stop, CASE WHEN ended THEN last_energy"
+             " END), reason, ended FROM charger_transactions)")
+
+    @staticmethod
+    def where(station: str | None) -> tuple[str, tuple[Any, ...]]:
+        return ("WHERE station=?", (station,)) if station else ("", ())
+
+
+_SESSIONS = _SessionsQuery()
+
+
+def sessions(db: sqlite3.Connection, station: str | None = None,
+             limit: int | None = None) -> list[SessionRow]:
+    """Sessions newest first (all of them without `limit`)."""
+    where, args = _SESSIONS.where(station)
+    rows = db.execute(f"{_SESSIONS.query} {where} ORDER BY started_at DESC LIMIT ?",
+                      (*args, -1 if limit is None else limit)).fetchall()
+    return [SessionRow(station_, tx, connector, tag, start, stop, meter_start, meter_stop,
+                       reason, bool(ended))
+            for (station_, tx, connector, tag, start, stop, meter_start, meter_stop, reason,
+                 ended) in rows]
+
+
+def sessions_summary(db: sqlite3.Connection, station: str | None = None,
+                     ) -> tuple[int, list[dict[str, Any]]]:
+    """(how many sessions, energy per month (UTC) and tag of the finished ones)."""
+    where, args = _SESSIONS.where(station)
+    count = db.execute(f"SELECT COUNT(*) FROM ({_SESSIONS.query} {where})", args).fetchone()[0]
+    rows = db.execute(
+        f"SELECT COALESCE(strftime('%Y-%m', started_at), substr(started_at, 1, 7)) AS m,"
+        f" id_tag, COUNT(*), SUM(meter_stop - meter_start) FROM ({_SESSIONS.query} {where})"
+        " WHERE meter_stop IS NOT NULL AND meter_start IS NOT NULL"
+        " GROUP BY m, id_tag ORDER BY m DESC, id_tag", args).fetchall()
+    return int(count), [{"month": m, "id_tag": tag, "sessions": n, "energy": round(wh, 3)}
+                        for m, tag, n, wh in rows]
+
+
 _QUEUE_COLUMNS = "seq, version, action, payload, local_tx, transactional, created, attempts"
 
 
 class Store:
-    def __init__(self, data_dir: Path):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "ocpp2mqtt.sqlite3"
+    def __init__(self, data_dir: Path, path: Path | None = None):
+        """SQLite at `path`, by default `<data_dir>/ocpp2mqtt.sqlite3`."""
+        self.path = path or data_dir / "ocpp2mqtt.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -179,6 +241,53 @@ class Store:
             if column not in columns:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db.executescript(LATE_SCHEMA)
+        # Set by the shared store: journal changes, take transaction ids from its sequence,
+        # and hear when the journal grew.
+        self.journaling = False
+        self.next_id: Callable[[], int] | None = None
+        self.journaled: Callable[[int], None] = lambda seq: None  # the entry's seq
+        self._journal_seq = 0
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _journal(self, op: str, **args: Any) -> None:
+        if self.journaling:
+            cur = self._db.execute("INSERT INTO journal (op, args) VALUES (?, ?)",
+                                   (op, orjson.dumps(args).decode()))
+            self._journal_seq = cur.lastrowid or self._journal_seq
+
+    def _after(self) -> None:
+        """After the commit of a journaled change: tell the shared store."""
+        if self.journaling:
+            self.journaled(self._journal_seq)
+
+    def journal(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        rows = self._db.execute("SELECT seq, op, args FROM journal ORDER BY seq LIMIT ?",
+                                (limit,)).fetchall()
+        return [(seq, op, orjson.loads(args)) for seq, op, args in rows]
+
+    def journal_done(self, upto: int) -> None:
+        self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    def journal_depth(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+    def journal_bounds(self) -> tuple[int, int]:
+        """(seq of the oldest waiting entry − 1, seq of the newest); (0, 0) when empty."""
+        low, high = self._db.execute("SELECT MIN(seq), MAX(seq) FROM journal").fetchone()
+        return (low - 1, high) if low is not None else (0, 0)
+
+    def max_transaction_id(self) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM transactions").fetchone()
+        return int(row[0] or 0)
 
     def close(self) -> None:
         self._db.close()
@@ -196,9 +305,14 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return str(row[0]) if row else default
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
-                         " ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, value))
+    def set_meta(self, key: str, value: str, shared: bool = True) -> None:
+        with self._atomic():
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+                             " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                             (key, value))
+            if shared:
+                self._journal("meta", key=key, value=value)
+        self._after()
 
     def start_transaction(
         self, station: str, connector_id: int, id_tag: str, meter_start: int, started_at: str
@@ -212,18 +326,29 @@ class Store:
         ).fetchone()
         if row:
             return int(row[0])
-        cur = self._db.execute(
-            "INSERT INTO transactions (station, connector_id, id_tag, meter_start, started_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (station, connector_id, id_tag, meter_start, started_at),
-        )
-        assert cur.lastrowid is not None
+        with self._atomic():
+            # Shared store: an id from the one sequence every replica draws from.
+            wanted = self.next_id() if self.next_id is not None else None
+            cur = self._db.execute(
+                "INSERT INTO transactions (id, station, connector_id, id_tag, meter_start,"
+                " started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (wanted, station, connector_id, id_tag, meter_start, started_at),
+            )
+            assert cur.lastrowid is not None
+            self._journal("tx_start", id=cur.lastrowid, station=station,
+                          connector_id=connector_id, id_tag=id_tag, meter_start=meter_start,
+                          started_at=started_at)
+        self._after()
         return cur.lastrowid
 
     def set_charger_id(self, station: str, local_id: int, charger_id: int) -> None:
         """The charger was given `charger_id` (a primary back office's) for our `local_id`."""
-        self._db.execute("UPDATE transactions SET charger_id=? WHERE id=? AND station=?",
-                         (None if charger_id == local_id else charger_id, local_id, station))
+        charger = None if charger_id == local_id else charger_id
+        with self._atomic():
+            self._db.execute("UPDATE transactions SET charger_id=? WHERE id=? AND station=?",
+                             (charger, local_id, station))
+            self._journal("tx_charger_id", id=local_id, station=station, charger_id=charger)
+        self._after()
 
     def stop_transaction(
         self, station: str, transaction_id: int, meter_stop: int, stopped_at: str, reason: str
@@ -235,10 +360,14 @@ class Store:
         """
         tx = self.transaction(station, transaction_id)
         if tx is not None:
-            self._db.execute(
-                "UPDATE transactions SET meter_stop=?, stopped_at=?, reason=? WHERE id=?",
-                (meter_stop, stopped_at, reason, tx.local_id),
-            )
+            with self._atomic():
+                self._db.execute(
+                    "UPDATE transactions SET meter_stop=?, stopped_at=?, reason=? WHERE id=?",
+                    (meter_stop, stopped_at, reason, tx.local_id),
+                )
+                self._journal("tx_stop", id=tx.local_id, station=station,
+                              meter_stop=meter_stop, stopped_at=stopped_at, reason=reason)
+            self._after()
         return tx
 
     def transaction(self, station: str, transaction_id: int) -> Transaction | None:
@@ -274,11 +403,14 @@ class Store:
         return row[0] if row else default
 
     def set_flag(self, station: str, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO station_flags (station, key, value) VALUES (?, ?, ?)"
-            " ON CONFLICT (station, key) DO UPDATE SET value=excluded.value",
-            (station, key, value),
-        )
+        with self._atomic():
+            self._db.execute(
+                "INSERT INTO station_flags (station, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (station, key) DO UPDATE SET value=excluded.value",
+                (station, key, value),
+            )
+            self._journal("flag", station=station, key=key, value=value)
+        self._after()
 
     # --- OCPP 2.x transactions (the charger names them) ----------------------------------
     def charger_transaction(self, station: str, transaction_id: str) -> ChargerTransaction | None:
@@ -288,6 +420,12 @@ class Store:
         return _charger_tx(row) if row else None
 
     def save_charger_transaction(self, tx: ChargerTransaction) -> None:
+        with self._atomic():
+            self._save_charger_transaction(tx)
+            self._journal("charger_tx", **asdict(tx))
+        self._after()
+
+    def _save_charger_transaction(self, tx: ChargerTransaction) -> None:
         self._db.execute(
             f"INSERT INTO charger_transactions ({_CHARGER_TX_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -301,24 +439,45 @@ class Store:
     def charger_transaction_stopped(self, station: str, transaction_id: str,
                                     meter_stop: float | None, stopped_at: str,
                                     reason: str) -> None:
-        self._db.execute(
-            "UPDATE charger_transactions SET meter_stop=?, stopped_at=?, reason=?"
-            " WHERE station=? AND transaction_id=?",
-            (meter_stop, stopped_at, reason, station, transaction_id))
+        with self._atomic():
+            self._db.execute(
+                "UPDATE charger_transactions SET meter_stop=?, stopped_at=?, reason=?"
+                " WHERE station=? AND transaction_id=?",
+                (meter_stop, stopped_at, reason, station, transaction_id))
+            self._journal("charger_tx_stopped", station=station, transaction_id=transaction_id,
+                          meter_stop=meter_stop, stopped_at=stopped_at, reason=reason)
+        self._after()
 
-    def sessions(self, station: str | None = None, limit: int = 100_000) -> list[SessionRow]:
-        """Charging sessions, newest first, both OCPP generations; `energy` in Wh when
-        the start and the end register are both known."""
-        where, args = ("WHERE station=?", (station,)) if station else ("", ())
-        rows = self._db.execute(
-            f"SELECT * FROM (SELECT station, CAST(COALESCE(charger_id, id) AS TEXT),"
-            f" connector_id, id_tag, started_at, stopped_at, meter_start, meter_stop, reason"
-            f" FROM transactions {where}"
-            f" UNION ALL SELECT station, transaction_id, evse_id, id_tag, started_at,"
-            f" stopped_at, meter_start, COALESCE(meter_stop, CASE WHEN ended THEN last_energy"
-            f" END), reason FROM charger_transactions {where})"
-            " ORDER BY started_at DESC LIMIT ?", (*args, *args, limit)).fetchall()
-        return [SessionRow(*row) for row in rows]
+    def sessions(self, station: str | None = None, limit: int = 500) -> list[SessionRow]:
+        """The latest charging sessions, newest first, both OCPP generations."""
+        return sessions(self._db, station, limit)
+
+    def session_reader(self) -> sqlite3.Connection:
+        """A connection of its own, for reading every session in a worker thread (CSV)."""
+        return sqlite3.connect(self.path, check_same_thread=False)
+
+    # --- what other replicas wrote (shared store) ------------------------------------------
+    def import_station(self, transactions: list[tuple[Any, ...]],
+                       charger_transactions: list[tuple[Any, ...]],
+                       flags: list[tuple[str, str, str]]) -> None:
+        """Rows read from the shared store, newest there: replace ours (no journal)."""
+        with self._atomic():
+            self._db.executemany(
+                "INSERT INTO transactions (id, station, connector_id, id_tag, meter_start,"
+                " started_at, meter_stop, stopped_at, reason, charger_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " station=excluded.station, connector_id=excluded.connector_id,"
+                " id_tag=excluded.id_tag, meter_start=excluded.meter_start,"
+                " started_at=excluded.started_at, meter_stop=excluded.meter_stop,"
+                " stopped_at=excluded.stopped_at, reason=excluded.reason,"
+                " charger_id=excluded.charger_id", transactions)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO charger_transactions ({_CHARGER_TX_COLUMNS},"
+                " meter_stop, stopped_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                charger_transactions)
+            self._db.executemany(
+                "INSERT INTO station_flags (station, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (station, key) DO UPDATE SET value=excluded.value", flags)
 
     def open_charger_transactions(self, station: str) -> list[ChargerTransaction]:
         rows = self._db.execute(

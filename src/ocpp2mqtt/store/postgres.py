@@ -1,0 +1,453 @@
+"""The shared store: STORE_URL=postgresql://… makes every replica share one PostgreSQL
+database, so replicas are interchangeable behind any load balancer (docs/scaling.md).
+
+The replica keeps its SQLite store (sqlite.py) as its working copy: the OCPP handlers
+read and write it inline, as they always did. What other replicas must see goes into
+the SQLite `journal` in the same local transaction; this module copies the journal to
+PostgreSQL in order, one PostgreSQL transaction per batch, and:
+
+- **before a charger gets its answer** the session waits until the change is in
+  PostgreSQL (`durable`), at most STORE_SYNC_TIMEOUT: a replica killed right after
+  answering loses nothing another replica needs. When PostgreSQL is away the answer
+  goes out after that timeout, the journal keeps the changes in order, and they follow
+  when it is back (the gap is on /readyz and /metrics);
+- **when a station connects** its rows (open and recent transactions of both OCPP
+  generations, its flags) are read from PostgreSQL into the working copy before its
+  first message is handled (`load_station`);
+- **1.6 transaction ids** come from one PostgreSQL sequence: each replica reserves a
+  block (ID_BLOCK) and hands ids out of it, so ids are unique across replicas and never
+  reused, and a replica keeps handing them out while the database restarts.
+
+psycopg 3's asyncio connection is used, so nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from ocpp2mqtt.store.sqlite import SessionRow, Store
+
+log = logging.getLogger("ocpp2mqtt.store")
+
+ID_BLOCK = 200  # 1.6 transaction ids reserved at a time
+ID_LOW = ID_BLOCK // 2  # reserve the next block when fewer than this are left
+BATCH = 500  # journal entries per PostgreSQL transaction
+RECENT = 20  # closed transactions of a station read when it connects (late stops)
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+# Versioned schema: MIGRATIONS[n] takes the database from version n to n + 1. Applied at
+# start-up under an advisory lock, so replicas starting together do it once.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE SEQUENCE IF NOT EXISTS transaction_ids;
+    CREATE TABLE IF NOT EXISTS transactions (
+        id BIGINT PRIMARY KEY,
+        station TEXT NOT NULL,
+        connector_id INTEGER NOT NULL,
+        id_tag TEXT NOT NULL,
+        meter_start BIGINT NOT NULL,
+        started_at TEXT NOT NULL,
+        meter_stop BIGINT,
+        stopped_at TEXT,
+        reason TEXT,
+        charger_id BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS transactions_station ON transactions (station, id);
+    CREATE TABLE IF NOT EXISTS charger_transactions (
+        station TEXT NOT NULL,
+        transaction_id TEXT NOT NULL,
+        evse_id INTEGER NOT NULL,
+        id_tag TEXT NOT NULL DEFAULT '',
+        meter_start DOUBLE PRECISION,
+        started_at TEXT NOT NULL,
+        last_seq_no INTEGER,
+        last_energy DOUBLE PRECISION,
+        ended BOOLEAN NOT NULL DEFAULT FALSE,
+        meter_stop DOUBLE PRECISION,
+        stopped_at TEXT,
+        reason TEXT,
+        PRIMARY KEY (station, transaction_id)
+    );
+    CREATE TABLE IF NOT EXISTS station_flags (
+        station TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (station, key)
+    );
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    -- The month (UTC) of a charger's timestamp; its first 7 characters if it is no time.
+    CREATE OR REPLACE FUNCTION ocpp_utc_month(t TEXT) RETURNS TEXT
+    LANGUAGE plpgsql IMMUTABLE AS $$
+    BEGIN
+        RETURN to_char(t::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM');
+    EXCEPTION WHEN others THEN
+        RETURN substr(t, 1, 7);
+    END $$;
+    """,
+)
+
+_CHARGER_TX = ("station, transaction_id, evse_id, id_tag, meter_start, started_at, "
+               "last_seq_no, last_energy, ended, meter_stop, stopped_at, reason")
+
+# Journal operations (sqlite.py `_journal`) → SQL. Each is idempotent: a batch that
+# failed half-way is sent again whole.
+APPLY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tx_start": (
+        "INSERT INTO transactions (id, station, connector_id, id_tag, meter_start, started_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+        ("id", "station", "connector_id", "id_tag", "meter_start", "started_at")),
+    "tx_charger_id": (
+        "UPDATE transactions SET charger_id=%s WHERE id=%s AND station=%s",
+        ("charger_id", "id", "station")),
+    "tx_stop": (
+        "UPDATE transactions SET meter_stop=%s, stopped_at=%s, reason=%s"
+        " WHERE id=%s AND station=%s",
+        ("meter_stop", "stopped_at", "reason", "id", "station")),
+    "flag": (
+        "INSERT INTO station_flags (station, key, value) VALUES (%s, %s, %s)"
+        " ON CONFLICT (station, key) DO UPDATE SET value=excluded.value",
+        ("station", "key", "value")),
+    "meta": (
+        "INSERT INTO meta (key, value) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+        ("key", "value")),
+    "charger_tx": (
+        "INSERT INTO charger_transactions (station, transaction_id, evse_id, id_tag,"
+        " meter_start, started_at, last_seq_no, last_energy, ended)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (station, transaction_id) DO UPDATE SET evse_id=excluded.evse_id,"
+        " id_tag=excluded.id_tag, meter_start=excluded.meter_start,"
+        " last_seq_no=excluded.last_seq_no, last_energy=excluded.last_energy,"
+        " ended=excluded.ended",
+        ("station", "transaction_id", "evse_id", "id_tag", "meter_start", "started_at",
+         "last_seq_no", "last_energy", "ended")),
+    "charger_tx_stopped": (
+        "UPDATE charger_transactions SET meter_stop=%s, stopped_at=%s, reason=%s"
+        " WHERE station=%s AND transaction_id=%s",
+        ("meter_stop", "stopped_at", "reason", "station", "transaction_id")),
+}
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL cannot be reached (the message says why)."""
+
+
+class SharedStore:
+    """The replica's link to PostgreSQL: journal copier, station loader, id blocks."""
+
+    def __init__(self, url: str, local: Store, sync_timeout: float):
+        self.url = url
+        self.local = local
+        self.sync_timeout = sync_timeout
+        # Its own tasks: they outlive the gateway's (the last changes are copied at stop).
+        self.spawn = asyncio.ensure_future
+        self.connected = False
+        self.ever_connected = False
+        self.down_since: float | None = time.monotonic()  # until the first connection
+        self.copied = 0  # journal entries copied to PostgreSQL
+        self.failures = 0  # failed attempts to reach or write PostgreSQL
+        self._conn: Any = None  # psycopg.AsyncConnection
+        self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
+        self._ids: list[int] = []
+        self._journal_seq = 0  # the newest journal entry we know of
+        self._copied_seq = 0  # the newest one in PostgreSQL
+        self._wake = asyncio.Event()
+        self._copied_event = asyncio.Event()
+        self._first_connection = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None
+        self._id_task: asyncio.Task[Any] | None = None
+        local.journaling = True
+        local.next_id = self._next_id
+        local.journaled = self._journaled
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self, wait: float) -> None:
+        """Connect (waiting up to `wait` seconds at start-up) and start copying."""
+        self._copied_seq, self._journal_seq = self.local.journal_bounds()
+        self._task = self.spawn(self._run())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._first_connection.wait(), wait)
+        if not self.ever_connected:
+            log.error("shared store (STORE_URL) not reachable after %g s; serving chargers "
+                      "from this replica's own store and retrying", wait)
+
+    async def stop(self, wait: float = 5.0) -> None:
+        """Copy what is left (up to `wait` seconds), then close."""
+        if self.connected and self.local.journal_depth():
+            self._wake.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._until_copied(self._journal_seq), wait)
+        for task in (self._task, self._id_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+
+    # --- what the rest of the gateway sees -------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        """Changes not yet in PostgreSQL (the session awaits `durable` before answering)."""
+        return self._copied_seq < self._journal_seq
+
+    async def durable(self) -> None:
+        """Until every change so far is in PostgreSQL, at most STORE_SYNC_TIMEOUT."""
+        wanted = self._journal_seq
+        if self._copied_seq >= wanted:
+            return
+        if not self.connected:
+            timeout = min(self.sync_timeout, 0.05)  # away: do not hold every answer
+        else:
+            timeout = self.sync_timeout
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._until_copied(wanted), timeout)
+
+    def readiness(self) -> str | None:
+        """What /readyz says about the store, or None when all is well."""
+        if self.connected:
+            return None
+        gap = time.monotonic() - (self.down_since or time.monotonic())
+        return (f"store: PostgreSQL unreachable for {gap:.0f} s; "
+                f"{self.local.journal_depth()} changes waiting to be copied")
+
+    def unreachable_seconds(self) -> float:
+        return 0.0 if self.connected or self.down_since is None else \
+            time.monotonic() - self.down_since
+
+    async def load_station(self, station: str) -> None:
+        """Read what other replicas wrote about `station` into the working copy: its open
+        and recent transactions and its flags. Waits at most STORE_SYNC_TIMEOUT (first our
+        own changes go out, so nothing newer here is overwritten)."""
+        if not self.connected:
+            return
+        try:
+            await asyncio.wait_for(self._load(station), self.sync_timeout * 2)
+        except (asyncio.TimeoutError, StoreUnavailable, OSError) as exc:
+            log.warning("%s: could not read the shared store (%s); using this replica's copy",
+                        station, exc or type(exc).__name__)
+
+    async def _load(self, station: str) -> None:
+        await self._until_copied(self._journal_seq)
+        async with self._lock:
+            conn = self._need()
+            try:
+                cur = await conn.execute(
+                    "(SELECT id, station, connector_id, id_tag, meter_start, started_at,"
+                    " meter_stop, stopped_at, reason, charger_id FROM transactions"
+                    " WHERE station=%s AND meter_stop IS NULL)"
+                    " UNION (SELECT id, station, connector_id, id_tag, meter_start, started_at,"
+                    " meter_stop, stopped_at, reason, charger_id FROM transactions"
+                    " WHERE station=%s ORDER BY id DESC LIMIT %s)",
+                    (station, station, RECENT))
+                transactions = await cur.fetchall()
+                cur = await conn.execute(
+                    f"(SELECT {_CHARGER_TX} FROM charger_transactions"
+                    " WHERE station=%s AND NOT ended) UNION"
+                    f" (SELECT {_CHARGER_TX} FROM charger_transactions WHERE station=%s"
+                    " ORDER BY started_at DESC LIMIT %s)", (station, station, RECENT))
+                charger = await cur.fetchall()
+                cur = await conn.execute(
+                    "SELECT station, key, value FROM station_flags WHERE station=%s",
+                    (station,))
+                flags = await cur.fetchall()
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                raise StoreUnavailable(str(exc)) from exc
+        self.local.import_station(list(transactions), list(charger), list(flags))
+
+    async def sessions(self, station: str | None, limit: int | None,
+                       ) -> list[SessionRow]:
+        """Every replica's sessions, newest first (the web page's history and CSV). On a
+        connection of its own: a long read never delays the journal."""
+        where, args = ("WHERE station=%s", (station,)) if station else ("", ())
+        async with await self._reader() as conn:
+            cur = await conn.execute(
+                f"SELECT * FROM ({_SESSIONS}) s {where} ORDER BY started_at DESC"
+                + (" LIMIT %s" if limit is not None else ""),
+                (*args, limit) if limit is not None else args)
+            rows = await cur.fetchall()
+        return [SessionRow(station_, tx, connector, tag, start, stop, meter_start, meter_stop,
+                           reason, bool(ended))
+                for (station_, tx, connector, tag, start, stop, meter_start, meter_stop,
+                     reason, ended) in rows]
+
+    async def sessions_summary(self, station: str | None) -> tuple[int, list[dict[str, Any]]]:
+        where, args = ("WHERE station=%s", (station,)) if station else ("", ())
+        async with await self._reader() as conn:
+            cur = await conn.execute(f"SELECT COUNT(*) FROM ({_SESSIONS}) s {where}", args)
+            count = (await cur.fetchone())[0]
+            cur = await conn.execute(
+                f"SELECT ocpp_utc_month(started_at) AS m, id_tag, COUNT(*),"
+                f" SUM(meter_stop - meter_start) FROM ({_SESSIONS}) s {where}"
+                f"{' AND' if where else ' WHERE'} meter_stop IS NOT NULL"
+                " AND meter_start IS NOT NULL GROUP BY m, id_tag ORDER BY m DESC, id_tag",
+                args)
+            rows = await cur.fetchall()
+        return int(count), [{"month": m, "id_tag": tag, "sessions": n,
+                             "energy": round(float(wh), 3)} for m, tag, n, wh in rows]
+
+    async def _reader(self) -> Any:
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(self.url, connect_timeout=5,
+                                                     application_name="ocpp2mqtt-web")
+
+    # --- transaction ids ----------------------------------------------------------------------
+    def _next_id(self) -> int:
+        if len(self._ids) < ID_LOW and (self._id_task is None or self._id_task.done()):
+            self._id_task = self.spawn(self._reserve_ids())
+        if self._ids:
+            return self._ids.pop(0)
+        # The block ran out while PostgreSQL is away: an id no other replica can have
+        # been given, above every id handed out so far, is not knowable. Say so loudly;
+        # the local sequence continues above the highest id this replica has seen.
+        log.error("no 1.6 transaction id reserved in the shared store (unreachable): "
+                  "using this replica's own sequence; ids may repeat across replicas")
+        return self.local.max_transaction_id() + 1
+
+    async def _reserve_ids(self) -> None:
+        async with self._lock:
+            conn = self._need()
+            try:
+                cur = await conn.execute(
+                    "SELECT nextval('transaction_ids') FROM generate_series(1, %s)",
+                    (ID_BLOCK,))
+                block = [row[0] for row in await cur.fetchall()]
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                return
+        self._ids.extend(block)
+
+    # --- copying the journal ---------------------------------------------------------------
+    def _journaled(self, seq: int) -> None:
+        self._journal_seq = max(self._journal_seq, seq)
+        self._wake.set()
+
+    async def _until_copied(self, seq: int) -> None:
+        while self._copied_seq < seq:
+            self._copied_event.clear()
+            await self._copied_event.wait()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            if self._conn is None:
+                try:
+                    await self._connect()
+                    attempt = 0
+                except Exception as exc:
+                    self.failures += 1
+                    if attempt == 0:
+                        log.warning("shared store: cannot connect (%s); retrying", exc)
+                    await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                    attempt += 1
+                    continue
+            self._wake.clear()
+            batch = self.local.journal(BATCH)
+            if not batch:
+                await self._wake.wait()
+                continue
+            try:
+                await self._copy(batch)
+            except Exception as exc:
+                await self._lost(exc)
+                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                attempt += 1
+                continue
+            self.local.journal_done(batch[-1][0])
+            self.copied += len(batch)
+            self._copied_seq = batch[-1][0]
+            self._copied_event.set()
+
+    async def _copy(self, batch: list[tuple[int, str, dict[str, Any]]]) -> None:
+        async with self._lock:
+            conn = self._need()
+            async with conn.pipeline():
+                for _, op, args in batch:
+                    sql, names = APPLY[op]
+                    await conn.execute(sql, tuple(args.get(name) for name in names))
+            await conn.commit()
+
+    async def _connect(self) -> None:
+        import psycopg  # only with STORE_URL=postgresql://…
+
+        conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=5,
+                                                     application_name="ocpp2mqtt")
+        try:
+            await migrate(conn)
+            # A store that ran on SQLite before: never hand out an id it already gave.
+            await conn.execute(
+                "SELECT setval('transaction_ids', GREATEST((SELECT last_value FROM"
+                " transaction_ids), %s))", (max(self.local.max_transaction_id(), 1),))
+            await conn.commit()
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        if not self.connected:
+            gap = time.monotonic() - (self.down_since or time.monotonic())
+            log.info("shared store: connected to PostgreSQL%s",
+                     f" after {gap:.1f} s away" if self.ever_connected else "")
+        self.connected = self.ever_connected = True
+        self.down_since = None
+        self._first_connection.set()
+        if len(self._ids) < ID_LOW:
+            self._id_task = self.spawn(self._reserve_ids())
+
+    def _need(self) -> Any:
+        if self._conn is None:
+            raise StoreUnavailable("not connected to PostgreSQL")
+        return self._conn
+
+    async def _lost(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.connected:
+            log.warning("shared store: lost PostgreSQL (%s); serving from this replica's "
+                        "copy and retrying", exc)
+            self.down_since = time.monotonic()
+        self.connected = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._wake.set()  # the copier reconnects
+
+
+_SESSIONS = (
+    "SELECT station, CAST(COALESCE(charger_id, id) AS TEXT) AS tx, connector_id, id_tag,"
+    " started_at, stopped_at, CAST(meter_start AS DOUBLE PRECISION) AS meter_start,"
+    " CAST(meter_stop AS DOUBLE PRECISION) AS meter_stop, reason,"
+    " meter_stop IS NOT NULL AS ended FROM transactions"
+    " UNION ALL SELECT station, transaction_id, evse_id, id_tag, started_at, stopped_at,"
+    " meter_start, COALESCE(meter_stop, CASE WHEN ended THEN last_energy END), reason, ended"
+    " FROM charger_transactions")
+
+
+async def migrate(conn: Any) -> int:
+    """Bring the database to the newest schema version; returns it."""
+    await conn.execute("SELECT pg_advisory_xact_lock(7007)")  # one replica at a time
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    cur = await conn.execute("SELECT version FROM schema_version")
+    row = await cur.fetchone()
+    version = row[0] if row else 0
+    if row is None:
+        await conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+    for n in range(version, len(MIGRATIONS)):
+        await conn.execute(MIGRATIONS[n])
+        log.info("shared store: schema version %d applied", n + 1)
+    if version < len(MIGRATIONS):
+        await conn.execute("UPDATE schema_version SET version=%s", (len(MIGRATIONS),))
+    elif version > len(MIGRATIONS):
+        raise StoreUnavailable(f"the database has schema version {version}, newer than this "
+                               f"ocpp2mqtt knows ({len(MIGRATIONS)}): upgrade ocpp2mqtt")
+    await conn.commit()
+    return len(MIGRATIONS)
+
+
+__all__ = ["MIGRATIONS", "SharedStore", "StoreUnavailable", "migrate"]

@@ -1,0 +1,164 @@
+"""Issue 17: STORE_URL=postgresql://… — replicas share one PostgreSQL store (Debian's
+postgresql, started by the fixture in a temporary directory on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from ocpp.v16 import call
+
+from ocpp2mqtt.config import ConfigError, load_settings
+from ocpp2mqtt.gateway import Gateway
+from ocpp2mqtt.health import bound_port
+from ocpp2mqtt.store.postgres import MIGRATIONS
+from tests.helpers import MqttRecorder, Postgres, connect_station
+from tests.test_health import http_get, metrics, poll, value
+
+TS = "2026-11-30T10:00:00Z"
+
+
+@contextlib.asynccontextmanager
+async def replicas(settings_factory: Any, tmp_path: Any, url: str, n: int = 2,
+                   **overrides: Any) -> AsyncIterator[list[Gateway]]:
+    gateways = [Gateway(settings_factory(store_url=url, data_dir=tmp_path / f"replica{i}",
+                                         http_enabled=True, http_addr="127.0.0.1",
+                                         http_port=0, **overrides)) for i in range(n)]
+    started: list[Gateway] = []
+    try:
+        for gw in gateways:
+            await gw.start()
+            started.append(gw)
+            assert await gw.mqtt.wait_connected(10)
+        yield gateways
+    finally:
+        for gw in reversed(started):
+            await gw.stop()
+
+
+def rows(url: str, sql: str, *args: Any) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+async def test_a_stop_on_another_replica_has_the_right_energy(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    url = postgres.new_database()
+    async with replicas(settings_factory, tmp_path, url) as (a, b):
+        ids = []
+        for replica, meter_start in ((a, 1000), (b, 20_000), (a, 30_000)):
+            st = await connect_station(f"ws://127.0.0.1:{replica.port}", "CP1")
+            answer = await st.cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG", meter_start=meter_start, timestamp=TS))
+            ids.append(answer.transaction_id)
+            await st.close()
+            # The charger comes back through the other replica and stops its session there.
+            other = b if replica is a else a
+            st = await connect_station(f"ws://127.0.0.1:{other.port}", "CP1")
+            await st.cp.call(call.StopTransaction(
+                meter_stop=meter_start + 7000, timestamp=TS, transaction_id=answer.transaction_id))
+            await recorder.wait_for(f"{basepath}/CP1/state/last_transaction_id",
+                                    str(answer.transaction_id))
+            energy = recorder.values(f"{basepath}/CP1/state/session_energy")
+            assert energy[-1] == "7000", energy
+            await st.close()
+        # One sequence for all replicas: unique, never reused.
+        assert len(set(ids)) == 3
+        assert rows(url, "SELECT id, meter_start, meter_stop FROM transactions"
+                         " ORDER BY meter_start") == [
+            (ids[0], 1000, 8000), (ids[1], 20_000, 27_000), (ids[2], 30_000, 37_000)]
+
+
+async def test_flags_set_on_one_replica_hold_on_another(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    url = postgres.new_database()
+    async with replicas(settings_factory, tmp_path, url) as (a, b):
+        st = await connect_station(f"ws://127.0.0.1:{a.port}", "CP2")
+        await recorder.wait_for(f"{basepath}/CP2/state/connection_state", "CONNECTED")
+        recorder.publish(f"{basepath}/CP2/cmd", orjson.dumps(
+            {"id": "off", "action": "charging_enabled", "args": {"enabled": False}}))
+        await recorder.wait_for(f"{basepath}/CP2/state/charging_enabled", "false")
+        await st.close()
+        st = await connect_station(f"ws://127.0.0.1:{b.port}", "CP2")
+        try:
+            answer = await st.cp.call(call.Authorize(id_tag="ANY"))
+            assert answer.id_tag_info["status"] == "Blocked"
+        finally:
+            await st.close()
+
+
+async def test_the_database_away_and_back_loses_nothing(
+        settings_factory, tmp_path, recorder: MqttRecorder, basepath):
+    pg = Postgres().start()
+    try:
+        url = pg.new_database()
+        async with replicas(settings_factory, tmp_path, url, n=1,
+                            store_sync_timeout=0.5) as (a,):
+            port = bound_port(a.http_server)
+            st = await connect_station(f"ws://127.0.0.1:{a.port}", "CP3")
+            try:
+                first = await st.cp.call(call.StartTransaction(
+                    connector_id=1, id_tag="T", meter_start=100, timestamp=TS))
+                pg.stop("immediate")  # as if the database host died
+                # The charger is still answered, from the replica's own copy.
+                await asyncio.wait_for(st.cp.call(call.StopTransaction(
+                    meter_stop=600, timestamp=TS, transaction_id=first.transaction_id)), 10)
+                second = await asyncio.wait_for(st.cp.call(call.StartTransaction(
+                    connector_id=1, id_tag="T", meter_start=600, timestamp=TS)), 10)
+                assert second.transaction_id != first.transaction_id
+
+                async def gap_shown():
+                    m = await metrics(port)
+                    return m if value(m, "ocpp2mqtt_store_connected") == 0 else None
+
+                m = await poll(gap_shown, "ocpp2mqtt_store_connected == 0")
+                assert value(m, "ocpp2mqtt_store_journal_depth") >= 2
+                status, _, body = await http_get(port, "/readyz")
+                assert status == 200 and "PostgreSQL unreachable" in body
+                pg.start()
+
+                async def copied():
+                    m = await metrics(port)
+                    return m if value(m, "ocpp2mqtt_store_journal_depth") == 0 else None
+
+                await poll(copied, "the journal copied after the database came back", 30)
+            finally:
+                await st.close()
+            assert rows(url, "SELECT id, meter_start, meter_stop FROM transactions"
+                             " ORDER BY id") == [
+                (first.transaction_id, 100, 600), (second.transaction_id, 600, None)]
+            assert (await http_get(port, "/readyz"))[2] == "ready\n"
+    finally:
+        pg.close()
+
+
+async def test_schema_is_versioned_and_migrated_once(settings_factory, tmp_path,
+                                                     postgres: Postgres):
+    url = postgres.new_database()
+    async with replicas(settings_factory, tmp_path, url, n=3):
+        pass  # three replicas starting against an empty database
+    assert rows(url, "SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE schema_version SET version = version + 1")
+    gw = Gateway(settings_factory(store_url=url, data_dir=tmp_path / "newer"))
+    await gw.start()
+    try:
+        ok, text = gw.readiness()
+        assert not ok and "PostgreSQL unreachable" in text
+    finally:
+        await gw.stop()
+
+
+def test_store_url_is_checked_and_its_password_never_shown(monkeypatch, tmp_path):
+    monkeypatch.setenv("STORE_URL", "mysql://root:hunter2@db/ocpp")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "STORE_URL" in str(err.value) and "hunter2" not in str(err.value)
+    monkeypatch.setenv("STORE_URL", "postgresql://ocpp:hunter2@db:5432/ocpp")
+    shown = load_settings().redacted()["STORE_URL"]
+    assert shown == "postgresql://ocpp:**********@db:5432/ocpp"
