@@ -393,10 +393,39 @@ async def test_image_command_and_healthcheck_outside_docker(broker, tmp_path):
 
 
 # --- docker-compose.yml and Mosquitto ------------------------------------------------------------
+def test_replicas_variant_shares_a_store_without_affinity():
+    directory = K8S / "replicas"
+    kustomization = load_all(directory / "kustomization.yaml")[0]
+    objects = {}
+    for name in kustomization["resources"]:
+        for doc in load_all(directory / name):
+            objects[doc["kind"]] = doc
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert set(objects) == {"ConfigMap", "Secret", "StatefulSet", "Service"}
+    spec = objects["StatefulSet"]["spec"]
+    assert spec["replicas"] == 3
+    assert objects["Service"]["spec"].get("sessionAffinity", "None") == "None"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["STORE_URL"] == {"name": "ocpp2mqtt-secret", "key": "STORE_URL"}
+    secret = objects["Secret"]["stringData"]
+    config = objects["ConfigMap"]["data"]
+    settings = settings_from({**config, **secret})
+    assert settings.shared_store and settings.data_dir == Path("/data")
+    # each replica its own volume (outbox, working copy), mounted at DATA_DIR
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/data"
+
+
 def test_compose_wires_gateway_and_broker():
     compose = load_all(ROOT / "docker-compose.yml")[0]
     services = compose["services"]
-    assert set(services) == {"mosquitto", "ocpp2mqtt"}
+    assert set(services) == {"mosquitto", "ocpp2mqtt", "postgres"}
+    assert services["postgres"]["profiles"] == ["postgres"]  # only when asked for
     broker, gateway = services["mosquitto"], services["ocpp2mqtt"]
     assert broker["image"] == "eclipse-mosquitto:2"
     conf = next(v for v in broker["volumes"] if v.split(":")[1] ==
@@ -409,7 +438,10 @@ def test_compose_wires_gateway_and_broker():
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
     assert all(isinstance(v, str) for v in env.values())  # compose wants strings
     assert env["MQTT_HOSTNAME"] == "mosquitto"
+    # Compose's ${VAR:-default}: the value a plain `docker compose up` gives.
+    env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
     settings = settings_from({**dockerfile_env(), **env})
+    assert not settings.shared_store  # SQLite unless STORE_URL is given
     assert settings.mqtt_port == 1883
     published = {p.rsplit(":", 1)[-1] for p in gateway["ports"]}
     assert published == {str(settings.listen_port), str(settings.http_port)}

@@ -162,3 +162,66 @@ def test_store_url_is_checked_and_its_password_never_shown(monkeypatch, tmp_path
     monkeypatch.setenv("STORE_URL", "postgresql://ocpp:hunter2@db:5432/ocpp")
     shown = load_settings().redacted()["STORE_URL"]
     assert shown == "postgresql://ocpp:**********@db:5432/ocpp"
+
+
+async def results(recorder: MqttRecorder, topic: str, cid: str, settle: float) -> list[dict]:
+    """Every result published for command `cid`, after `settle` seconds of quiet."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while not [d for d in map(orjson.loads, recorder.values(topic)) if d.get("id") == cid]:
+        assert asyncio.get_running_loop().time() < deadline, f"no result for {cid}"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(settle)  # a second result would come within the retry window
+    return [d for d in map(orjson.loads, recorder.values(topic)) if d.get("id") == cid]
+
+
+async def test_a_replica_that_missed_the_claim_never_adds_a_second_result(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    """Under load a replica can hear a command before it hears that another replica took
+    the station. The shared store knows: the command gets exactly one result, `ok`."""
+    url = postgres.new_database()
+    async with replicas(settings_factory, tmp_path, url, ocpp_command_retry_base_delay=0.2,
+                        ocpp_command_retry_attempts=4) as (a, b):
+        prefix = f"{basepath}/MV1"
+        # B held the station and still listens for its commands (the retry window) ...
+        st = await connect_station(f"ws://127.0.0.1:{b.port}", "MV1")
+        await recorder.wait_for(f"{prefix}/state/connection_state", "CONNECTED")
+        await st.close()
+        # ... and never hears the claims (they are late under load): it keeps listening
+        b.commands.owner_of = lambda station: None
+        b.replicas.released = lambda station: None
+        # 1. The station is on A when the command arrives: A answers, B stays silent.
+        st = await connect_station(f"ws://127.0.0.1:{a.port}", "MV1")
+        try:
+            await poll_owner(url, "MV1", a.instance_id)
+            recorder.publish(f"{prefix}/cmd", orjson.dumps(
+                {"id": "c1", "action": "unlock_connector", "args": {"connector_id": 1}}))
+            got = await results(recorder, f"{prefix}/cmd_result", "c1", settle=3.5)
+            assert [d["status"] for d in got] == ["ok"]
+            assert [r.action for r in st.cp.received].count("UnlockConnector") == 1
+        finally:
+            await st.close()
+        await poll_owner(url, "MV1", None)
+        # 2. The station is away; it comes back through A while B waits with the command:
+        #    B hands it over instead of answering not_connected.
+        st = await connect_station(f"ws://127.0.0.1:{b.port}", "MV1")
+        await poll_owner(url, "MV1", b.instance_id)
+        await st.close()
+        await poll_owner(url, "MV1", None)
+        recorder.publish(f"{prefix}/cmd", orjson.dumps(
+            {"id": "c2", "action": "unlock_connector", "args": {"connector_id": 1}}))
+        await asyncio.sleep(0.3)
+        st = await connect_station(f"ws://127.0.0.1:{a.port}", "MV1")
+        try:
+            got = await results(recorder, f"{prefix}/cmd_result", "c2", settle=3.5)
+            assert [d["status"] for d in got] == ["ok"], got
+            assert [r.action for r in st.cp.received].count("UnlockConnector") == 1
+        finally:
+            await st.close()
+
+
+async def poll_owner(url: str, station: str, owner: str | None) -> None:
+    async def check():
+        found = rows(url, "SELECT owner FROM station_owners WHERE station=%s", station)
+        return (found[0][0] if found else None) == owner
+
+    await poll(check, f"station_owners[{station}] == {owner}")

@@ -17,12 +17,13 @@ have heard the original too): one command, one result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,13 +46,35 @@ from ocpp2mqtt.topics import Topics
 log = logging.getLogger("ocpp2mqtt.commands")
 
 RECENT_LIMIT = 256  # commands remembered per station to recognise a handed-over copy
+CLAIM_GRACE = 1.5  # seconds the holder of a station has to claim one of its commands
+WATCH_INTERVAL = 2.0  # seconds between looks at a command another replica runs
 
 
 Handler = Callable[[str, Any, dict[str, Any], bytes], Awaitable[dict[str, Any]]]
 
 
+class Fleet(Protocol):
+    """The shared store's part in commands (store/postgres.py), with STORE_URL set."""
+
+    async def responsible(self, station: str, owner_gone: bool = False) -> bool: ...
+
+    async def claimed(self, digest: bytes) -> bool: ...
+
+    async def command_done(self, digest: bytes) -> None: ...
+
+    async def orphaned(self, digest: bytes) -> bool | None: ...
+
+    async def claim_command(self, digest: bytes) -> str: ...
+
+    async def hand_over_command(self, digest: bytes, to: str) -> None: ...
+
+
 class NotConnected(Exception):
     """The station is not connected (and did not come back in time)."""
+
+
+class OwnedElsewhere(Exception):
+    """Another replica held the station when the command arrived (its id is the message)."""
 
 
 class HandedOver(Exception):
@@ -77,6 +100,11 @@ class CommandRunner:
         self.instance_id = instance_id
         self.stations = stations
         self.owner_of: Callable[[str], str | None] = lambda station: None  # replicas.py
+        # With a shared store: (replica, since) holding a station, read from the database.
+        self.shared_owner: Callable[[str], Awaitable[tuple[str, float] | None]] | None = None
+        # With a shared store every replica hears every station's commands and the store
+        # decides which one answers (docs/scaling.md).
+        self.fleet: Fleet | None = None
         self.policy = commands.CurrentLimitPolicy(
             purpose=settings.current_limit_purpose,
             stack_level=settings.current_limit_stack_level,
@@ -101,6 +129,11 @@ class CommandRunner:
 
     # --- which command topics we listen to -------------------------------------------
     def start(self) -> None:
+        if self.fleet is not None and self.settings.mqtt_usestationname:
+            command = self.topics.command("+")
+            self.router.subscribe(command, lambda message: self._on_command(
+                self.topics.station_of(message.topic, "cmd") or "", message))
+            return
         if not self.settings.mqtt_usestationname:
             # One shared prefix: one command topic, for the station that connected last.
             self.router.subscribe(self.topics.command(""), self._handler(""))
@@ -110,7 +143,13 @@ class CommandRunner:
     def _handler(self, station: str) -> Callable[[Incoming], None]:
         return lambda message: self._on_command(station, message)
 
+    @property
+    def _wildcard(self) -> bool:
+        return self.fleet is not None and self.settings.mqtt_usestationname
+
     def watch(self, station: str) -> None:
+        if self._wildcard:
+            return  # every station's commands are heard already
         handle = self._linger.pop(station, None)
         if handle is not None:
             handle.cancel()
@@ -132,6 +171,8 @@ class CommandRunner:
         self.watch(session.station)
 
     def session_ended(self, session: Session) -> None:
+        if self._wildcard:
+            return
         station = session.station
         if session.taken_over:
             log.info("%s now connected to another gateway replica", station)
@@ -142,10 +183,12 @@ class CommandRunner:
             return
         # Keep listening while a command could still be waiting for a reconnect,
         # then let go so another gateway replica can own this station's commands.
-        s = self.settings
-        linger = s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts) + 1
         self._linger[station] = asyncio.get_running_loop().call_later(
-            linger, self.unwatch, station)
+            self._linger_seconds(), self.unwatch, station)
+
+    def _linger_seconds(self) -> float:
+        s = self.settings
+        return float(s.ocpp_command_retry_base_delay * (2 ** s.ocpp_command_retry_attempts) + 1)
 
     def released(self, station: str) -> None:
         """Another replica claimed `station`: stop listening if we are only lingering."""
@@ -159,13 +202,17 @@ class CommandRunner:
         if not message.payload:
             return  # our own clearing of a retained command
         session = self.server.sessions.get(station)
-        if self.owner_of(station) is not None and (session is None or session.taken_over):
+        holding = session is not None and not session.taken_over
+        if self.fleet is None and self.owner_of(station) is not None and not holding:
             return  # the replica that holds the station hears this command too
         # A retained command would run again at every restart: run it once and clear
         # it. MQTT 3.1.1 hides the retain flag of live messages, so we clear after
         # every command (an empty retained message is a no-op).
         self.publisher.publish(message.topic, b"", retain=True, qos=1)
         raw, copy = _unwrap(message.payload)
+        if self.fleet is not None:  # the shared store's claims decide (every replica hears)
+            self.spawn(self._fleet_run(station, message, raw, holding, copy, time.time()))
+            return
         digest = hashlib.blake2b(raw, digest_size=16).digest()
         recent = self._recent.setdefault(station, {})
         if copy and digest in recent:
@@ -174,17 +221,87 @@ class CommandRunner:
         recent[digest] = None
         if len(recent) > RECENT_LIMIT:
             del recent[next(iter(recent))]
-        self.spawn(self._run(station, message, raw))
+        self.spawn(self._run(station, message, raw, time.time()))
 
-    async def _run(self, station: str, message: Incoming, raw: bytes) -> None:
+    async def _fleet_run(self, station: str, message: Incoming, raw: bytes, holding: bool,
+                         copy: bool, arrived: float) -> None:
+        """Every replica heard the command: the shared store picks the one that answers —
+        the holder of the station, else the one that held it last, else one live
+        replica — and an atomic claim makes sure only one does. A handed-over copy is
+        claimed for its new owner by the replica that hands it over."""
+        assert self.fleet is not None
+        claim = hashlib.blake2b(message.payload, digest_size=16).digest()
+        try:
+            if not copy and not holding and not await self.fleet.responsible(station):
+                # The replica on record holds the station and claims its commands at
+                # once. If it has not after CLAIM_GRACE it is gone (kill -9, power cut)
+                # and its chargers are on their way elsewhere: one of us answers.
+                await asyncio.sleep(CLAIM_GRACE)
+                if await self.fleet.claimed(claim):
+                    await self._watch_over(station, message, raw, claim)
+                    return
+                if not await self.fleet.responsible(station, owner_gone=True):
+                    return
+            if await self.fleet.claim_command(claim) != self.instance_id:
+                return
+        except Exception as exc:
+            # The store is away: the holder answers; any other replica cannot know
+            # whether another one does, and one result is better than two.
+            log.warning("%s: shared store unavailable for a command (%s)", station, exc)
+            if not holding:
+                return
+        await self._run(station, message, raw, arrived, claim)
+
+    async def _watch_over(self, station: str, message: Incoming, raw: bytes,
+                          claim: bytes) -> None:
+        """Another replica runs this command. If it stops before answering (kill -9),
+        one of the others answers in its place: the charger may or may not have got the
+        CALL, so the answer says the outcome is unknown rather than sending it again."""
+        assert self.fleet is not None
+        s = self.settings
+        give_up = time.monotonic() + self._linger_seconds() + s.ocpp_response_timeout + 60
+        while time.monotonic() < give_up:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                mine = await self.fleet.orphaned(claim)
+            except Exception:
+                continue
+            if mine is None:
+                return
+            if mine:
+                doc = commands.result_document(
+                    commands.peek_action(raw), "timeout", command_id=commands.peek_id(raw),
+                    error="the gateway replica running this command stopped before the "
+                          "charger's answer arrived; whether the charger executed it is "
+                          "unknown")
+                self._publish_result(station, message, doc)
+                with contextlib.suppress(Exception):
+                    await self.fleet.command_done(claim)
+                return
+
+    async def _run(self, station: str, message: Incoming, raw: bytes, arrived: float,
+                   claim: bytes | None = None) -> None:
         try:
             doc = await self._execute(station, raw)
+            if doc.get("status") == "not_connected" and self.shared_owner is not None:
+                await self._owned_elsewhere(station, arrived)
+        except OwnedElsewhere as exc:
+            # The replica that held the station when the command arrived heard it too
+            # and answers it: one command, one result.
+            log.info("%s: command left to replica %s, which holds the station", station, exc)
+            await self._done(claim)
+            return
         except HandedOver as exc:
             # The station is on another replica now, which listens to this topic:
             # pass the command on instead of answering not_connected.
             log.info("%s: command handed over to replica %s", station, exc)
             copy = orjson.dumps({"handed_over": self.instance_id, "command": raw.decode()})
+            if self.fleet is not None:
+                with contextlib.suppress(Exception):
+                    await self.fleet.hand_over_command(
+                        hashlib.blake2b(copy, digest_size=16).digest(), str(exc))
             self.publisher.publish(message.topic, copy, retain=False, qos=1)
+            await self._done(claim)  # the copy is the new owner's to answer
             return
         except Exception as exc:  # a bug must still give the command its one result
             log.exception("%s: command failed inside the gateway", station or "?")
@@ -193,6 +310,28 @@ class CommandRunner:
         if message.retain:
             doc["retained_cleared"] = True
         self._publish_result(station, message, doc)
+        await self._done(claim)
+
+    async def _done(self, claim: bytes | None) -> None:
+        if claim is not None and self.fleet is not None:
+            with contextlib.suppress(Exception):
+                await self.fleet.command_done(claim)
+
+    async def _owned_elsewhere(self, station: str, arrived: float) -> None:
+        """Before answering not_connected: does the shared store know another replica that
+        holds the station? Claimed after the command arrived → hand it over (HandedOver);
+        before → that replica heard the command itself (OwnedElsewhere). The MQTT claims
+        can arrive late under load; the database cannot."""
+        assert self.shared_owner is not None
+        try:
+            owner = await self.shared_owner(station or self.server.last_station or "")
+        except Exception:  # the store is away: answer as without one
+            return
+        if owner is None or owner[0] == self.instance_id:
+            return
+        if owner[1] > arrived:
+            raise HandedOver(owner[0])
+        raise OwnedElsewhere(owner[0])
 
     def _publish_result(self, station: str, message: Incoming, doc: dict[str, Any]) -> None:
         target = station or self.server.last_station or ""
@@ -351,7 +490,16 @@ class CommandRunner:
                 return sessions[name]
             owner = self.owner_of(name) if name else None
             if owner is not None:
-                raise HandedOver(owner)
+                if self.shared_owner is None:
+                    raise HandedOver(owner)
+                # The MQTT claim may be old (the station has left that replica since):
+                # hand over only to the replica the shared store says holds it.
+                try:
+                    holder = await self.shared_owner(name or "")
+                except Exception:
+                    raise HandedOver(owner) from None  # the store is away: trust the claim
+                if holder is not None and holder[0] != self.instance_id:
+                    raise HandedOver(holder[0])
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None

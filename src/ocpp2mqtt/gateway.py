@@ -79,9 +79,9 @@ class Gateway:
         """`extensions`: more extensions, run before the built-in ones."""
         s = self.settings = settings
         self.store = Store(s.data_dir, s.sqlite_path)
-        self.shared = SharedStore(s.store_url, self.store, s.store_sync_timeout) \
-            if s.shared_store else None
         self.instance_id = self.store.instance_id()
+        self.shared = SharedStore(s.store_url, self.store, s.store_sync_timeout,
+                                  self.instance_id) if s.shared_store else None
         self.started_at = utc_now(precise=True)
         self.metrics = Metrics()
         self.topics = Topics(s)
@@ -135,6 +135,12 @@ class Gateway:
                                  self.instance_id, self.started_at, self.commands.released,
                                  self.spawn)
         self.commands.owner_of = self.replicas.owner_of
+        if self.shared is not None:
+            self.commands.shared_owner = self.shared.station_owner
+            self.commands.fleet = self.shared
+            self.shared.held = lambda: [station for station, session in
+                                        self.server.sessions.items() if not session.taken_over]
+            self.server.on_session_end.append(self._release_station)
         self.server.on_session_start += [self.replicas.session_started,
                                          self.commands.session_started,
                                          self.relay.session_started, self._warn_shared_topics]
@@ -230,6 +236,10 @@ class Gateway:
             spawn_fn=self.spawn, requests=self._requests,
             connected_fn=self.mqtt.connected.is_set,
         )
+
+    def _release_station(self, session: Any) -> None:
+        if self.shared is not None and not session.taken_over:
+            self.spawn(self.shared.release_station(session.station))
 
     def _mqtt_connected(self) -> None:
         self.publisher.connected()

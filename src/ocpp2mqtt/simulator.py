@@ -155,6 +155,10 @@ class StationStats:
     meter_values: int = 0
     energy_wh: float = 0.0  # delivered in completed sessions
     commands: Counter[str] = field(default_factory=Counter)  # OCPP action → answered
+    # Every completed session: (transaction id, meter start, meter stop), as the charger
+    # knows them (tests compare them with what the central system recorded).
+    sessions: list[tuple[int | str, float, float]] = field(default_factory=list)
+    data_transfers: list[str] = field(default_factory=list)  # message ids, as received
 
 
 def utc_now(dt: datetime | None = None) -> str:
@@ -335,6 +339,7 @@ class Charger:
         assert tx is not None
         self.stats.sessions_completed += 1
         self.stats.energy_wh += meter_stop - tx.meter_start
+        self.stats.sessions.append((tx.id, tx.meter_start, meter_stop))
         log.info("%s: transaction %s stopped (%s), %d Wh", self.station, tx.id, reason,
                  meter_stop - tx.meter_start)
         self.tx = None
@@ -969,6 +974,7 @@ class SimulatedChargePoint(_Behaviour, ChargePoint):  # type: ignore[misc]  # oc
     def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
                          data: str | None = None, **_: Any) -> call_result.DataTransfer:
         self._count("DataTransfer")
+        self.ch.stats.data_transfers.append(message_id or "")
         if vendor_id != VENDOR:
             return call_result.DataTransfer(status="UnknownVendorId")
         return call_result.DataTransfer(status="Accepted", data=data)
@@ -1384,6 +1390,7 @@ class _ChargePoint2x(_Behaviour):
     def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
                          data: Any = None, **_: Any) -> Any:
         self._count("DataTransfer")
+        self.ch.stats.data_transfers.append(message_id or "")
         if vendor_id != VENDOR:
             return self.results.DataTransfer(status="UnknownVendorId")
         return self.results.DataTransfer(status="Accepted", data=data)

@@ -31,6 +31,7 @@ from ocpp2mqtt.commands.model import (
     StationFacts,
     normalise_action,
     parse,
+    peek_action,
     peek_id,
     schema_check,
     snake,
@@ -169,6 +170,6 @@ def legacy_result_messages(doc: dict[str, Any]) -> list[tuple[str, str]]:
 __all__ = [
     "ALL_ACTIONS", "OCPP_ACTIONS", "OK_STATUSES", "CommandError", "CurrentLimitPolicy", "Plan",
     "StationFacts", "legacy_result_messages", "normalise_action", "ocpp_actions", "parse",
-    "peek_id", "plan",
+    "peek_action", "peek_id", "plan",
     "result_document", "result_status",
 ]

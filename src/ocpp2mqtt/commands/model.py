@@ -125,6 +125,16 @@ def parse(raw: bytes) -> tuple[Any, str, dict[str, Any]]:
     return command_id, action, args
 
 
+def peek_action(raw: bytes) -> str:
+    """The command's action if it can be read at all, else "?"."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "?"
+    action = doc.get("action") if isinstance(doc, dict) else None
+    return action if isinstance(action, str) else "?"
+
+
 def peek_id(raw: bytes) -> Any:
     """The command's id if it can be read at all (for results of failed commands)."""
     try:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ocpp2mqtt.store.sqlite import SessionRow, Store
@@ -38,6 +39,10 @@ ID_LOW = ID_BLOCK // 2  # reserve the next block when fewer than this are left
 BATCH = 500  # journal entries per PostgreSQL transaction
 RECENT = 20  # closed transactions of a station read when it connects (late stops)
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+HEARTBEAT = 2.0  # seconds between a replica's "alive" writes
+ALIVE = 10.0  # a replica not seen for this long is gone (kill -9, power cut)
+CLAIMS_KEPT = 3600.0  # seconds a command claim is kept
+SAME_COMMAND = 10.0  # seconds within which the same bytes on a cmd topic are one command
 
 # Versioned schema: MIGRATIONS[n] takes the database from version n to n + 1. Applied at
 # start-up under an advisory lock, so replicas starting together do it once.
@@ -78,6 +83,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     -- The month (UTC) of a charger's timestamp; its first 7 characters if it is no time.
+    -- Which replica holds which station's connection, since when (epoch seconds).
+    CREATE TABLE IF NOT EXISTS station_owners (
+        station TEXT PRIMARY KEY, owner TEXT NOT NULL, since DOUBLE PRECISION NOT NULL
+    );
+    -- Replicas alive: each one writes `seen` every HEARTBEAT seconds.
+    CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL);
+    -- Which replica answers which MQTT command (by its digest): exactly one.
+    CREATE TABLE IF NOT EXISTS command_claims (
+        digest BYTEA PRIMARY KEY, replica TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT FALSE
+    );
     CREATE OR REPLACE FUNCTION ocpp_utc_month(t TEXT) RETURNS TEXT
     LANGUAGE plpgsql IMMUTABLE AS $$
     BEGIN
@@ -137,8 +153,11 @@ class StoreUnavailable(Exception):
 class SharedStore:
     """The replica's link to PostgreSQL: journal copier, station loader, id blocks."""
 
-    def __init__(self, url: str, local: Store, sync_timeout: float):
+    def __init__(self, url: str, local: Store, sync_timeout: float, replica: str = ""):
         self.url = url
+        self.replica = replica  # this gateway's instance id (station_owners)
+        # The stations connected here (the gateway sets it): claimed again on reconnect.
+        self.held: Callable[[], list[str]] = list
         self.local = local
         self.sync_timeout = sync_timeout
         # Its own tasks: they outlive the gateway's (the last changes are copied at stop).
@@ -158,6 +177,7 @@ class SharedStore:
         self._first_connection = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
         self._id_task: asyncio.Task[Any] | None = None
+        self._heartbeat_task: asyncio.Task[Any] | None = None
         local.journaling = True
         local.next_id = self._next_id
         local.journaled = self._journaled
@@ -179,7 +199,10 @@ class SharedStore:
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._until_copied(self._journal_seq), wait)
-        for task in (self._task, self._id_task):
+        if self.connected:
+            with contextlib.suppress(StoreUnavailable):
+                await self._query("DELETE FROM replicas WHERE id=%s", (self.replica,))
+        for task in (self._task, self._id_task, self._heartbeat_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -218,6 +241,127 @@ class SharedStore:
         return 0.0 if self.connected or self.down_since is None else \
             time.monotonic() - self.down_since
 
+    async def station_owner(self, station: str) -> tuple[str, float] | None:
+        """(replica, since) holding `station` now according to the shared store; a replica
+        that stopped without letting go (kill -9) holds nothing."""
+        async with self._lock:
+            conn = self._need()
+            try:
+                cur = await conn.execute(
+                    "SELECT o.owner, o.since FROM station_owners o JOIN replicas r"
+                    " ON r.id = o.owner WHERE o.station=%s AND (r.seen > %s OR o.owner = %s)",
+                    (station, time.time() - ALIVE, self.replica))
+                row = await cur.fetchone()
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                raise StoreUnavailable(str(exc)) from exc
+        return (str(row[0]), float(row[1])) if row else None
+
+    async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            conn = self._need()
+            try:
+                cur = await conn.execute(sql, args)
+                rows = await cur.fetchall() if cur.description else []
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                raise StoreUnavailable(str(exc)) from exc
+        return list(rows)
+
+    async def responsible(self, station: str, owner_gone: bool = False) -> bool:
+        """For a command to a station this replica does not hold: should it answer?
+        Yes if it held the station last, or if no live replica holds it (`owner_gone`:
+        the one on record did not take the command) and this is the live replica with the
+        lowest id (so that exactly one is asked)."""
+        rows = await self._query(
+            "SELECT o.owner, r.seen > %s FROM station_owners o LEFT JOIN replicas r"
+            " ON r.id = o.owner WHERE o.station=%s", (time.time() - ALIVE, station))
+        owner = rows[0][0] if rows else None
+        if owner == self.replica:
+            return True
+        if rows and rows[0][1] and not owner_gone:
+            return False  # that replica heard the command too
+        first = await self._query(
+            "SELECT id FROM replicas WHERE seen > %s AND id <> %s ORDER BY id LIMIT 1",
+            (time.time() - ALIVE, owner or ""))
+        return not first or first[0][0] == self.replica
+
+    async def command_done(self, digest: bytes) -> None:
+        """Its result is published: nobody needs to watch over it any more."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._query("UPDATE command_claims SET done=TRUE WHERE digest=%s",
+                              (digest,))
+
+    async def orphaned(self, digest: bytes) -> bool | None:
+        """A claimed command whose replica stopped before answering it: True if this
+        replica now owns it (and must answer it), False while it is in hand, None once
+        it is answered."""
+        rows = await self._query(
+            "SELECT c.done, r.seen > %s FROM command_claims c LEFT JOIN replicas r"
+            " ON r.id = c.replica WHERE c.digest=%s", (time.time() - ALIVE, digest))
+        if not rows or rows[0][0]:
+            return None
+        if rows[0][1]:
+            return False
+        taken = await self._query(
+            "UPDATE command_claims SET replica=%s WHERE digest=%s AND NOT done AND replica IN"
+            " (SELECT c.replica FROM command_claims c LEFT JOIN replicas r ON r.id = c.replica"
+            " WHERE c.digest=%s AND (r.seen IS NULL OR r.seen <= %s)) RETURNING replica",
+            (self.replica, digest, digest, time.time() - ALIVE))
+        return bool(taken)
+
+    async def claimed(self, digest: bytes) -> bool:
+        rows = await self._query("SELECT 1 FROM command_claims WHERE digest=%s AND at > %s",
+                                 (digest, time.time() - SAME_COMMAND))
+        return bool(rows)
+
+    async def claim_command(self, digest: bytes) -> str:
+        """Claim an MQTT command: returns the replica that answers it (us if we won)."""
+        now = time.time()
+        # The same bytes published again later are a new command: a claim older than
+        # SAME_COMMAND is taken over.
+        rows = await self._query(
+            "INSERT INTO command_claims (digest, replica, at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (digest) DO UPDATE SET"
+            " replica = CASE WHEN command_claims.at < %s THEN excluded.replica"
+            " ELSE command_claims.replica END,"
+            " at = CASE WHEN command_claims.at < %s THEN excluded.at ELSE command_claims.at END"
+            " RETURNING replica", (digest, self.replica, now, now - SAME_COMMAND,
+                                   now - SAME_COMMAND))
+        return str(rows[0][0])
+
+    async def hand_over_command(self, digest: bytes, to: str) -> None:
+        """The copy a replica hands over (its digest) is the new owner's to answer."""
+        await self._query(
+            "INSERT INTO command_claims (digest, replica, at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (digest) DO UPDATE SET replica=excluded.replica, at=excluded.at",
+            (digest, to, time.time()))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                now = time.time()
+                await self._query(
+                    "INSERT INTO replicas (id, seen) VALUES (%s, %s) ON CONFLICT (id)"
+                    " DO UPDATE SET seen=excluded.seen", (self.replica, now))
+                await self._query("DELETE FROM command_claims WHERE at < %s",
+                                  (now - CLAIMS_KEPT,))
+            await asyncio.sleep(HEARTBEAT)
+
+    async def release_station(self, station: str) -> None:
+        """The station left this replica (not to another one)."""
+        with contextlib.suppress(StoreUnavailable):
+            async with self._lock:
+                conn = self._need()
+                try:
+                    await conn.execute("DELETE FROM station_owners WHERE station=%s"
+                                       " AND owner=%s", (station, self.replica))
+                    await conn.commit()
+                except Exception as exc:
+                    await self._lost(exc)
+
     async def load_station(self, station: str) -> None:
         """Read what other replicas wrote about `station` into the working copy: its open
         and recent transactions and its flags. Waits at most STORE_SYNC_TIMEOUT (first our
@@ -229,6 +373,27 @@ class SharedStore:
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as exc:
             log.warning("%s: could not read the shared store (%s); using this replica's copy",
                         station, exc or type(exc).__name__)
+            self.spawn(self._claim_stations([station]))  # commands must find it here
+
+    async def _claim_stations(self, stations: list[str]) -> None:
+        """Record that these stations are connected here (station_owners)."""
+        if not stations:
+            return
+        now = time.time()
+        with contextlib.suppress(StoreUnavailable):
+            async with self._lock:
+                conn = self._need()
+                try:
+                    async with conn.pipeline():
+                        for station in stations:
+                            await conn.execute(
+                                "INSERT INTO station_owners (station, owner, since)"
+                                " VALUES (%s, %s, %s) ON CONFLICT (station) DO UPDATE"
+                                " SET owner=excluded.owner, since=excluded.since",
+                                (station, self.replica, now))
+                    await conn.commit()
+                except Exception as exc:
+                    await self._lost(exc)
 
     async def _load(self, station: str) -> None:
         await self._until_copied(self._journal_seq)
@@ -254,6 +419,13 @@ class SharedStore:
                     "SELECT station, key, value FROM station_flags WHERE station=%s",
                     (station,))
                 flags = await cur.fetchall()
+                # This replica holds the station now: a replica still waiting with a
+                # command for it hands it over instead of answering not_connected.
+                await conn.execute(
+                    "INSERT INTO station_owners (station, owner, since)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (station) DO UPDATE"
+                    " SET owner=excluded.owner, since=excluded.since",
+                    (station, self.replica, time.time()))
                 await conn.commit()
             except Exception as exc:
                 await self._lost(exc)
@@ -397,6 +569,10 @@ class SharedStore:
         self.connected = self.ever_connected = True
         self.down_since = None
         self._first_connection.set()
+        # Stations that connected while the database was away are ours: say so.
+        self.spawn(self._claim_stations(self.held()))
+        if self._heartbeat_task is None:
+            self._heartbeat_task = self.spawn(self._heartbeats())
         if len(self._ids) < ID_LOW:
             self._id_task = self.spawn(self._reserve_ids())
 

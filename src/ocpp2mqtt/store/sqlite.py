@@ -368,6 +368,13 @@ class Store:
                 self._journal("tx_stop", id=tx.local_id, station=station,
                               meter_stop=meter_stop, stopped_at=stopped_at, reason=reason)
             self._after()
+        elif self.journaling:
+            # Started on another replica while the shared store was away: unknown here,
+            # but the shared store gets its end when it is back.
+            with self._atomic():
+                self._journal("tx_stop", id=transaction_id, station=station,
+                              meter_stop=meter_stop, stopped_at=stopped_at, reason=reason)
+            self._after()
         return tx
 
     def transaction(self, station: str, transaction_id: int) -> Transaction | None:
