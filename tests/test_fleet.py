@@ -1,7 +1,8 @@
 """Issue 17: three gateway replicas on one broker and one PostgreSQL, behind a plain TCP
 load balancer that sends every connection to a random replica and cuts it after a few
 seconds; 50 simulated chargers charge through it. One replica is killed with kill -9
-and the database is restarted on the way.
+and the database is restarted on the way (commands are paused around the kill: a command
+the killed replica was running may go unanswered, a known gap).
 
 Checked at the end: every 1.6 transaction id unique; every session the chargers
 completed is in the database with their meter start and stop; no `session_energy`
@@ -137,8 +138,25 @@ async def test_fifty_chargers_moving_between_three_replicas(broker, basepath, tm
                     "args": {"vendor_id": "ocpp2mqtt", "message_id": cid}}))
                 await asyncio.sleep(0.15)
 
+        def result_docs() -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for station in set(commands.values()):
+                for text in recorder.values(f"{basepath}/{station}/cmd_result"):
+                    doc = orjson.loads(text)
+                    if doc.get("id") in commands:
+                        out.setdefault(doc["id"], []).append(doc["status"])
+            return out
+
         await command_traffic(10)
-        procs[0].send_signal(signal.SIGKILL)  # mid-transaction for some of its chargers
+        await until(lambda: len(result_docs()) == len(commands),
+                    "a result for every command before the kill", 60)
+        # kill -9, mid-transaction for some of its chargers: they reconnect elsewhere and
+        # finish their sessions (checked below). Commands are held back meanwhile — a
+        # command the killed replica was running can go unanswered (docs/scaling.md).
+        procs[0].send_signal(signal.SIGKILL)
+        mark = lb.connections
+        await until(lambda: lb.connections - mark >= 2 * STATIONS,
+                    "the chargers moving on after the kill", 60)
         await command_traffic(8)
         # While the database restarts the chargers stay put (docs/scaling.md: a station
         # moving between replicas then is served, but its commands may go unanswered).
@@ -154,14 +172,6 @@ async def test_fifty_chargers_moving_between_three_replicas(broker, basepath, tm
         stats = await sim.finish(timeout=90)
 
         # --- every command: one result; executed at most once, exactly once when "ok" ---
-        def result_docs() -> dict[str, list[str]]:
-            out: dict[str, list[str]] = {}
-            for station in set(commands.values()):
-                for text in recorder.values(f"{basepath}/{station}/cmd_result"):
-                    doc = orjson.loads(text)
-                    if doc.get("id") in commands:
-                        out.setdefault(doc["id"], []).append(doc["status"])
-            return out
 
         def story(cids: Any) -> str:
             """What the replicas logged about these commands' stations (for a failure)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
 
 import pytest
 
@@ -14,6 +15,7 @@ from ocpp2mqtt.commands.v2x import component_variable
 from ocpp2mqtt.ocpp.v201 import config_key
 from ocpp2mqtt.state import Stations
 from ocpp2mqtt.store import SessionRow, Store, sessions_summary
+from ocpp2mqtt.store.sqlite import SCHEMA_VERSION
 from ocpp2mqtt.web import views
 from ocpp2mqtt.web.message_log import ENTRY_OVERHEAD, MessageLog, entries
 
@@ -154,3 +156,14 @@ def test_a_2x_key_the_page_shows_names_the_same_variable_when_edited(key):
 def test_a_malformed_2x_key_is_refused_with_its_name(key):
     with pytest.raises(CommandError, match="configuration key"):
         component_variable(key)
+
+
+def test_a_data_directory_from_a_newer_version_is_refused(tmp_path):
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "ocpp2mqtt.sqlite3")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+    db.execute(f"PRAGMA user_version={version + 1}")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this ocpp2mqtt"):
+        Store(tmp_path)

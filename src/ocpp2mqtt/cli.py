@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ocpp2mqtt import __version__
 from ocpp2mqtt.config import ConfigError, Settings, load_settings
+from ocpp2mqtt.store.sqlite import StoreTooNew
 
 log = logging.getLogger("ocpp2mqtt")
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, StoreTooNew) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -46,7 +46,7 @@ from ocpp2mqtt.topics import Topics
 log = logging.getLogger("ocpp2mqtt.commands")
 
 RECENT_LIMIT = 256  # commands remembered per station to recognise a handed-over copy
-CLAIM_GRACE = 1.5  # seconds the holder of a station has to claim one of its commands
+CLAIM_GRACE = 3.0  # seconds the holder of a station has to claim one of its commands
 WATCH_INTERVAL = 2.0  # seconds between looks at a command another replica runs
 
 
@@ -59,6 +59,8 @@ class Fleet(Protocol):
     async def responsible(self, station: str, owner_gone: bool = False) -> bool: ...
 
     async def claimed(self, digest: bytes) -> bool: ...
+
+    reliable_since: float
 
     async def command_done(self, digest: bytes) -> None: ...
 
@@ -240,6 +242,10 @@ class CommandRunner:
                 if await self.fleet.claimed(claim):
                     await self._watch_over(station, message, raw, claim)
                     return
+                if arrived < self.fleet.reliable_since + CLAIM_GRACE:
+                    # The store was away around the command's arrival: the holder may
+                    # have run it unclaimed. One result or none, never two.
+                    return
                 if not await self.fleet.responsible(station, owner_gone=True):
                     return
             if await self.fleet.claim_command(claim) != self.instance_id:
@@ -296,12 +302,15 @@ class CommandRunner:
             # pass the command on instead of answering not_connected.
             log.info("%s: command handed over to replica %s", station, exc)
             copy = orjson.dumps({"handed_over": self.instance_id, "command": raw.decode()})
+            copy_claim = hashlib.blake2b(copy, digest_size=16).digest()
             if self.fleet is not None:
                 with contextlib.suppress(Exception):
-                    await self.fleet.hand_over_command(
-                        hashlib.blake2b(copy, digest_size=16).digest(), str(exc))
+                    await self.fleet.hand_over_command(copy_claim, str(exc))
             self.publisher.publish(message.topic, copy, retain=False, qos=1)
-            await self._done(claim)  # the copy is the new owner's to answer
+            if self.fleet is not None:
+                # Still ours until the new owner answers: if it stops first, we answer.
+                await self._watch_over(station, message, raw, copy_claim)
+            await self._done(claim)
             return
         except Exception as exc:  # a bug must still give the command its one result
             log.exception("%s: command failed inside the gateway", station or "?")

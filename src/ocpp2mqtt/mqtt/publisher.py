@@ -172,6 +172,13 @@ class DurablePublisher:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batches, self._runs = self._runs, []
+        tail: list[Message] = []
+        if batches and not batches[-1][0] and self._online and \
+                len(self._mid_seq) < MAX_IN_FLIGHT:
+            # Non-essential messages after the tick's last essential one (a reading's
+            # meter_timestamp, the state document) go out like the direct path, after the
+            # rest, without an outbox row: the order holds and the outbox stays small.
+            tail = batches.pop()[1]
         try:
             # Deletions of acknowledged rows are left to _ack_loop: fewer statements here.
             seqs = self.outbox.write(batches, [])
@@ -182,6 +189,10 @@ class DurablePublisher:
         if self._online and len(self._mid_seq) < MAX_IN_FLIGHT:
             for seq, (_, messages) in zip(seqs, batches, strict=True):
                 self._send(seq, messages)
+            publish = self.transport.publish
+            for topic, payload, retain, qos in tail:
+                if publish(topic, payload, qos, retain) is None:
+                    self.publish_failures += 1
         elif batches:
             self._online = False
             dropped = self.outbox.enforce_bound(self._last_sent)

@@ -40,7 +40,8 @@ BATCH = 500  # journal entries per PostgreSQL transaction
 RECENT = 20  # closed transactions of a station read when it connects (late stops)
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 HEARTBEAT = 2.0  # seconds between a replica's "alive" writes
-ALIVE = 10.0  # a replica not seen for this long is gone (kill -9, power cut)
+ALIVE = 30.0  # a replica not seen for this long is gone (kill -9, power cut; generous:
+# a replica starved of CPU for seconds is slow, not gone)
 CLAIMS_KEPT = 3600.0  # seconds a command claim is kept
 SAME_COMMAND = 10.0  # seconds within which the same bytes on a cmd topic are one command
 
@@ -166,6 +167,7 @@ class SharedStore:
         self.ever_connected = False
         self.down_since: float | None = time.monotonic()  # until the first connection
         self.copied = 0  # journal entries copied to PostgreSQL
+        self.reliable_since = float("inf")  # see _connect
         self.failures = 0  # failed attempts to reach or write PostgreSQL
         self._conn: Any = None  # psycopg.AsyncConnection
         self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
@@ -313,8 +315,9 @@ class SharedStore:
         return bool(taken)
 
     async def claimed(self, digest: bytes) -> bool:
-        rows = await self._query("SELECT 1 FROM command_claims WHERE digest=%s AND at > %s",
-                                 (digest, time.time() - SAME_COMMAND))
+        rows = await self._query(
+            "SELECT 1 FROM command_claims WHERE digest=%s AND (NOT done OR at > %s)",
+            (digest, time.time() - SAME_COMMAND))
         return bool(rows)
 
     async def claim_command(self, digest: bytes) -> str:
@@ -322,14 +325,17 @@ class SharedStore:
         now = time.time()
         # The same bytes published again later are a new command: a claim older than
         # SAME_COMMAND is taken over.
+        # Only a finished one: a claim still in hand is watched over (`orphaned`).
         rows = await self._query(
             "INSERT INTO command_claims (digest, replica, at) VALUES (%s, %s, %s)"
             " ON CONFLICT (digest) DO UPDATE SET"
-            " replica = CASE WHEN command_claims.at < %s THEN excluded.replica"
-            " ELSE command_claims.replica END,"
-            " at = CASE WHEN command_claims.at < %s THEN excluded.at ELSE command_claims.at END"
+            " replica = CASE WHEN command_claims.done AND command_claims.at < %s"
+            " THEN excluded.replica ELSE command_claims.replica END,"
+            " done = command_claims.done AND command_claims.at >= %s,"
+            " at = CASE WHEN command_claims.done AND command_claims.at < %s"
+            " THEN excluded.at ELSE command_claims.at END"
             " RETURNING replica", (digest, self.replica, now, now - SAME_COMMAND,
-                                   now - SAME_COMMAND))
+                                   now - SAME_COMMAND, now - SAME_COMMAND))
         return str(rows[0][0])
 
     async def hand_over_command(self, digest: bytes, to: str) -> None:
@@ -568,6 +574,9 @@ class SharedStore:
                      f" after {gap:.1f} s away" if self.ever_connected else "")
         self.connected = self.ever_connected = True
         self.down_since = None
+        # What the store says about commands older than this may be incomplete: a
+        # replica may have run one without being able to claim it.
+        self.reliable_since = time.time()
         self._first_connection.set()
         # Stations that connected while the database was away are ours: say so.
         self.spawn(self._claim_stations(self.held()))

@@ -94,7 +94,8 @@ CREATE INDEX IF NOT EXISTS transactions_charger ON transactions
 CREATE INDEX IF NOT EXISTS transactions_charger_id ON transactions (charger_id)
     WHERE charger_id IS NOT NULL;
 """
-# (table, column, definition): columns added after a table first shipped.
+# (table, column, definition): columns added after a table first shipped, in order;
+# SCHEMA_VERSION counts them.
 MIGRATIONS = (
     # 1.6 with a primary back office: the charger uses the id the back office gave.
     ("transactions", "charger_id", "INTEGER"),
@@ -103,6 +104,11 @@ MIGRATIONS = (
     ("charger_transactions", "stopped_at", "TEXT"),
     ("charger_transactions", "reason", "TEXT"),
 )
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+
+class StoreTooNew(RuntimeError):
+    """The store was written by a newer ocpp2mqtt."""
 
 
 @dataclass(slots=True)
@@ -241,6 +247,14 @@ class Store:
             if column not in columns:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db.executescript(LATE_SCHEMA)
+        # The schema version (PRAGMA user_version): 1 + the column migrations above. A data
+        # directory written by a newer ocpp2mqtt is refused rather than misread.
+        found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreTooNew(f"{self.path} has schema version {found}, newer than this "
+                               f"ocpp2mqtt knows ({SCHEMA_VERSION}): upgrade ocpp2mqtt")
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         # Set by the shared store: journal changes, take transaction ids from its sequence,
         # and hear when the journal grew.
         self.journaling = False
