@@ -590,6 +590,29 @@ def scenario_memory(h: Harness, cfg: Config, res: Results) -> None:
     h.load("close_all", timeout=120)
 
 
+def ingest_variant(h: Harness, cfg: Config, res: Results, label: str,
+                   env: dict[str, str] | None, names: list[str],
+                   watcher: PageWatcher | None = None) -> dict[str, Any]:
+    """Closed-loop ingest against a fresh gateway with `env` (None: the ceiling), for the
+    scenarios that compare variants side by side. The result carries the server's pid."""
+    if env is not None:
+        h.start_gateway(env)
+    port, pid = (h.gw.port, h.gw.pid) if env is not None else (h.ceiling.port, h.ceiling.pid)
+    if watcher is not None:
+        watcher.start()
+    h.connect(port, names)
+    r = h.load("ingest", timeout=cfg.ingest_warmup + cfg.ingest_seconds + 120,
+               warmup=cfg.ingest_warmup, duration=cfg.ingest_seconds, pids=h.pids(pid))
+    h.load("close_all", timeout=60)
+    if watcher is not None:
+        watcher.stop()
+    note_noise(res, label, r["cpu_pct"])
+    if r["errors"] or r["failures"]:
+        raise RuntimeError(f"{label}: {r['errors']} CALLERRORs, failures {r['failures']}")
+    r["pid"] = pid
+    return dict(r)
+
+
 def scenario_relay(h: Harness, cfg: Config, res: Results) -> None:
     """Relay mode (docs/relay.md): the closed-loop ingest of `ingest`, every MeterValues also
     relayed to a back office — the ceiling server, which answers every CALL — and with that
@@ -609,21 +632,9 @@ def scenario_relay(h: Harness, cfg: Config, res: Results) -> None:
     try:
         for name, env in (("off", {}), ("up", upstreams(h.ceiling.port)),
                           ("down", upstreams(down)), ("ceiling", None)):
-            if env is not None:
-                h.start_gateway(env)
-            port, pid = (h.gw.port, h.gw.pid) if env is not None else \
-                (h.ceiling.port, h.ceiling.pid)
-            h.connect(port, names_for(f"rel{name}", n))
-            r = h.load("ingest", timeout=cfg.ingest_warmup + cfg.ingest_seconds + 120,
-                       warmup=cfg.ingest_warmup, duration=cfg.ingest_seconds,
-                       pids=h.pids(pid))
-            h.load("close_all", timeout=60)
+            r = ingest_variant(h, cfg, res, f"relay {name}", env, names_for(f"rel{name}", n))
             # up: the backlog still to relay when the load stopped
-            r["drain_s"] = h.settle(pid, timeout=120)
-            note_noise(res, f"relay {name}", r["cpu_pct"])
-            if r["errors"] or r["failures"]:
-                raise RuntimeError(f"relay {name}: {r['errors']} CALLERRORs, "
-                                   f"failures {r['failures']}")
+            r["drain_s"] = h.settle(r["pid"], timeout=120)
             rows[name] = r
     finally:
         holder.close()
@@ -687,25 +698,11 @@ def scenario_web(h: Harness, cfg: Config, res: Results) -> None:
     web_env = {"HTTP_ENABLED": "true", "HTTP_ADDR": HOST, "HTTP_PORT": str(http_port)}
     try:
         for name, env in (("off", {}), ("on", web_env), ("page", web_env), ("ceiling", None)):
-            if env is not None:
-                h.start_gateway(env)
-            port, pid = (h.gw.port, h.gw.pid) if env is not None else \
-                (h.ceiling.port, h.ceiling.pid)
             watcher = PageWatcher(http_port) if name == "page" else None
+            r = ingest_variant(h, cfg, res, f"web {name}", env, names_for(f"web{name}", n),
+                               watcher)
             if watcher is not None:
-                watcher.start()
-            h.connect(port, names_for(f"web{name}", n))
-            r = h.load("ingest", timeout=cfg.ingest_warmup + cfg.ingest_seconds + 120,
-                       warmup=cfg.ingest_warmup, duration=cfg.ingest_seconds,
-                       pids=h.pids(pid))
-            h.load("close_all", timeout=60)
-            if watcher is not None:
-                watcher.stop()
                 r["page_events"], r["page_bytes"] = watcher.events, watcher.bytes
-            note_noise(res, f"web {name}", r["cpu_pct"])
-            if r["errors"] or r["failures"]:
-                raise RuntimeError(f"web {name}: {r['errors']} CALLERRORs, "
-                                   f"failures {r['failures']}")
             rows[name] = r
         h.start_gateway(web_env)
         pid = h.gw.pid
