@@ -18,7 +18,9 @@ from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.health import bound_port
 from ocpp2mqtt.store.postgres import MIGRATIONS
 from tests.helpers import MqttRecorder, Postgres, connect_station
+from tests.test_current_control import Fuse, connected, settle, stations
 from tests.test_health import http_get, metrics, poll, value
+from tests.test_simulator import Remote, until
 
 TS = "2026-11-30T10:00:00Z"
 
@@ -225,3 +227,49 @@ async def poll_owner(url: str, station: str, owner: str | None) -> None:
         return (found[0][0] if found else None) == owner
 
     await poll(check, f"station_owners[{station}] == {owner}")
+
+
+async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    """Four chargers on one 32 A fuse, two held by each replica; cars arrive and a
+    charging station moves between replicas. Every increase any charger is given keeps
+    the sum of what the charging cars are offered within the fuse, and both replicas
+    converge on one fair allocation."""
+    url = postgres.new_database()
+    ids = ["FG1", "FG2", "FG3", "FG4"]
+    group = [{"name": "depot", "max_current": 32, "failsafe_current": 6,
+              "stations": [{"id": sid, "max_current": 16} for sid in ids]}]
+    async with replicas(settings_factory, tmp_path, url,
+                        load_balancing=orjson.dumps(group).decode()) as (a, b), \
+            stations(f"ws://127.0.0.1:{a.port}", ids[:2]) as on_a, \
+            stations(f"ws://127.0.0.1:{b.port}", ids[2:]) as on_b:
+        sims = on_a + on_b
+        fuse = Fuse(sims, 32)
+        fg = {sid: Remote(recorder, f"{basepath}/{sid}") for sid in ids}
+        for remote in fg.values():
+            await connected(remote)
+        await fg["FG1"].command("start_charging")
+        await fg["FG3"].command("start_charging")
+        await settle(recorder, basepath, "depot", sims, {"FG1": 16, "FG3": 16}, fuse)
+        # A third car, on A: B's charger must come down before A's goes up.
+        await fg["FG2"].command("start_charging")
+        await settle(recorder, basepath, "depot", sims,
+                     {"FG1": 10.6, "FG2": 10.6, "FG3": 10.6}, fuse)
+        await fg["FG4"].command("start_charging")
+        await settle(recorder, basepath, "depot", sims, {sid: 8 for sid in ids}, fuse)
+        # A charging station moves from A to B (its car charges on).
+        moving = on_a[0]
+        moving.charger.cfg.url = f"ws://127.0.0.1:{b.port}"
+        await a.server.sessions["FG1"].ws.close()
+        await until(lambda: "FG1" in b.server.sessions, "FG1 on replica B")
+        await fg["FG2"].command("stop_charging")
+        await settle(recorder, basepath, "depot", sims, {"FG1": 10.6, "FG2": 0, "FG3": 10.6,
+                                                          "FG4": 10.6}, fuse)
+        # The group limit set through one replica holds for both.
+        recorder.publish(f"{basepath}/bridge/request/group_limit",
+                         orjson.dumps({"group": "depot", "max_current": 24}))
+        fuse.max_current = 24
+        await settle(recorder, basepath, "depot", sims, {"FG1": 8, "FG3": 8, "FG4": 8}, fuse)
+        fuse.check()
+        shares = dict(rows(url, "SELECT station, share FROM group_members"))
+        assert sum(shares.values()) <= 24 + 1e-6, shares

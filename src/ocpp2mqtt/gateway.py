@@ -107,7 +107,7 @@ class Gateway:
             BridgeExtension(self._requests),
             RelayTopicsExtension(),
             self.current,
-            LoadBalancingExtension(self.current),
+            LoadBalancingExtension(self.current, self.shared),
         ]
         if web:
             extensions.append(self.live)

@@ -17,14 +17,26 @@ MQTT: `<basepath>/bridge/groups/<name>` (retained JSON), `bridge/request/group_l
 (`fast`, `solar`, `min_solar`, `off`) shown as `state/charge_mode`. With
 HOMEASSISTANT_DISCOVERY, each group is a Home Assistant device: the group limit as a
 number, the metered and available current, each station's share and its mode (a select).
+
+With a shared store (STORE_URL=postgresql://…) a group's stations may be held by
+different replicas. Each replica writes its members to PostgreSQL, reads the others',
+and computes the same allocation for the whole group; it puts in force only its own
+stations' shares. Every station's `share` (the most its charger may offer) is in the
+store: a decrease is recorded once the charger accepted it, and an increase is
+reserved under the group's lock before it is sent, against what every other station
+holds, so the sum stays under the fuse however the replicas interleave. Without the
+database a replica makes no increases. One replica (the live one with the lowest id)
+publishes the group's document.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +51,7 @@ from ocpp2mqtt.extensions import BaseExtension, BridgeResponse, Context
 from ocpp2mqtt.extensions.homeassistant import ORIGIN, station_slug
 from ocpp2mqtt.mqtt.transport import Incoming
 from ocpp2mqtt.state import Key, StateUpdate, StationState
+from ocpp2mqtt.store.postgres import GroupMember, GroupView, SharedStore, StoreUnavailable
 
 log = logging.getLogger("ocpp2mqtt.load_balancing")
 
@@ -73,13 +86,17 @@ class _Group:
     given_back: dict[str, float] = field(default_factory=dict)  # a car's cap (give_back)
     bad_input: set[str] = field(default_factory=set)  # topics whose garbage was logged
     published: bytes = b""
+    # Shared store: each held member's row as last written, and the group as last read.
+    written: dict[str, GroupMember] = field(default_factory=dict)
+    view: GroupView | None = None
 
 
 class LoadBalancingExtension(BaseExtension):
     name = "load_balancing"
 
-    def __init__(self, control: CurrentControl):
+    def __init__(self, control: CurrentControl, shared: SharedStore | None = None):
         self.control = control
+        self.shared = shared
         self.groups: dict[str, _Group] = {}
         self.group_of: dict[str, _Group] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -188,6 +205,13 @@ class LoadBalancingExtension(BaseExtension):
             g.failsafe.discard(station)  # a rebooted charger may have lost it: set it again
         elif kind is ev.Connected:
             g.reserved.pop(station, None)
+            if self.shared is not None:
+                # Another replica may have held it: its flags were read at connect.
+                store = self.control.store
+                g.modes[station] = store.flag(station, MODE_FLAG, g.modes.get(station, "fast"))
+                if store.flag(station, FAILSAFE_FLAG, "") == f"{g.cfg.failsafe_current:g}":
+                    g.failsafe.add(station)
+                    self.control.slot(station).failsafe = g.cfg.failsafe_current
             if station not in g.announced:
                 g.announced.add(station)
                 mode = g.modes.get(station, "fast")
@@ -278,14 +302,13 @@ class LoadBalancingExtension(BaseExtension):
         now = asyncio.get_running_loop().time()
         stale = self.meter_stale(g, now)
         metered = 0.0 if stale or g.metered is None else g.metered
-        capacity = g.max_current - metered
         for station, (until, _) in list(g.reserved.items()):
             if until <= now:
                 del g.reserved[station]
         demands: list[Demand] = []
         targets: dict[str, int] = {}  # connected stations with a car → charging connectors
         connected_ids: list[str] = []
-        solar_rows = []
+        held: list[GroupMember] = []  # members connected here, for the shared store
         for member in cfg.stations:
             sid = member.id
             state = self.ctx.state(sid)
@@ -312,12 +335,24 @@ class LoadBalancingExtension(BaseExtension):
             top = min(top, g.given_back.get(sid, math.inf))
             if stale:
                 top = min(top, cfg.failsafe_current)
-            if mode in ("solar", "min_solar"):
-                solar_rows.append((sid, mode, member.phases, member.min_current))
+            active = bool(charging) and mode != "off"
+            if connected:
+                held.append(GroupMember(sid, True, active, top, mode,
+                                        None if drawing is None else round(drawing * 2) / 2))
             reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected else 0.0
             demands.append(Demand(sid, member.priority, member.min_current, top,
-                                  active=bool(charging) and mode != "off", reserved=reserved,
+                                  active=active, reserved=reserved,
                                   steps=self.ctx.settings.steps_for(sid)))
+        view = await self._exchange(g, held) if self.shared is not None else None
+        if view is not None:
+            if view.max_current is not None:
+                g.max_current = view.max_current  # set through another replica
+            demands = [self._elsewhere(g, d, view.members.get(d.station), stale)
+                       if d.station not in g.written else d for d in demands]
+        capacity = g.max_current - metered
+        solar_rows = [(d.station, mode, m.phases, m.min_current)
+                      for d, m in zip(demands, cfg.stations, strict=True)
+                      if (mode := self._mode(g, d.station, view)) in ("solar", "min_solar")]
         if solar_rows:
             fresh = g.solar.grid_at is not None and now - g.solar.grid_at <= cfg.meter_stale_s
             solar_caps = g.solar.caps(now, solar_rows, fresh)
@@ -329,13 +364,88 @@ class LoadBalancingExtension(BaseExtension):
         g.allocations = allocate(capacity, demands)
         log.debug("group %s: capacity %g A, targets %s → %s", cfg.name, capacity, targets,
                   g.allocations)
-        await self._apply(g, targets, connected_ids, now)
-        self._publish(g, metered if not stale else None, stale, capacity)
+        await self._apply(g, targets, connected_ids, now, capacity)
+        if self.shared is None or (view is not None and view.publisher):
+            self._publish(g, metered if not stale else None, stale, capacity)
+
+    def _mode(self, g: _Group, station: str, view: GroupView | None) -> str:
+        remote = view.members.get(station) if view is not None else None
+        if station not in g.written and remote is not None and remote.alive and \
+                remote.connected:
+            return remote.mode  # held by another replica
+        return g.modes.get(station, "fast")
+
+    # --- a group spread over replicas (shared store) ----------------------------------------
+    async def _exchange(self, g: _Group, held: list[GroupMember]) -> GroupView | None:
+        """Tell the shared store about the members held here, read the others'; None
+        while the database is away (then only decreases are made)."""
+        assert self.shared is not None
+        changed = [m for m in held if g.written.get(m.station) != m]
+        here = {m.station for m in held}
+        left = [sid for sid in g.written if sid not in here]
+        try:
+            g.view = await self.shared.group_view(g.cfg.name, changed, left,
+                                                  f"group_limit:{g.cfg.name}")
+        except StoreUnavailable:
+            g.view = None
+            return None
+        for m in changed:
+            g.written[m.station] = m
+        for sid in left:
+            del g.written[sid]
+        return g.view
+
+    def _elsewhere(self, g: _Group, local: Demand, row: GroupMember | None,
+                   stale: bool) -> Demand:
+        """A member not connected here, as the shared store has it."""
+        if row is None:
+            return local
+        if row.alive and row.connected:
+            top = min(row.max_current, g.cfg.failsafe_current) if stale else row.max_current
+            return Demand(local.station, local.priority, local.min_current, top,
+                          active=row.active, steps=local.steps)
+        return Demand(local.station, local.priority, local.min_current, local.max_current,
+                      reserved=max(local.reserved, self._held_for(g, row, time.time())),
+                      steps=local.steps)
+
+    def _held_for(self, g: _Group, row: GroupMember, now: float) -> float:
+        """What a member's charger may draw as far as the group knows (A, whole station).
+        One that left its replica (or whose replica died) while charging runs on without
+        us: its share (then its failsafe) is kept for it for reserve_s, as on one replica."""
+        if row.alive and row.connected:
+            return row.share
+        gone_at = row.at if not row.connected else row.seen  # left; or its replica died
+        if row.share > 0 and now < gone_at + g.cfg.reserve_s:
+            return max(row.share, g.cfg.failsafe_current)
+        return 0.0
+
+    async def _record(self, g: _Group, station: str, whole: float,
+                      capacity: float | None = None) -> float:
+        """Record `station`'s share (A, whole station). A rise (`capacity` given) is
+        granted only up to what the other members leave of `capacity`; returns the share
+        recorded."""
+        assert self.shared is not None
+        now = time.time()
+
+        def decide(members: dict[str, GroupMember]) -> float:
+            own = members[station].share if station in members else 0.0
+            if capacity is None:
+                return whole
+            others = sum(self._held_for(g, m, now) for sid, m in members.items()
+                         if sid != station)
+            return max(own, min(whole, math.floor((capacity - others) * 10 + 1e-9) / 10))
+
+        return await self.shared.set_share(g.cfg.name, station, decide)
+
+    def _recorded(self, g: _Group, station: str) -> float:
+        row = g.view.members.get(station) if g.view is not None else None
+        return row.share if row is not None else 0.0
 
     async def _apply(self, g: _Group, targets: dict[str, int], connected: list[str],
-                     now: float) -> None:
+                     now: float, capacity: float) -> None:
         cfg = g.cfg
         control = self.control
+        fleet = self.shared is not None
         for sid in connected:
             if sid not in g.failsafe:
                 outcome = await control.install_failsafe(sid, cfg.failsafe_current)
@@ -358,14 +468,59 @@ class LoadBalancingExtension(BaseExtension):
             if refused is not None and refused[0] > now and refused[1] == amps:
                 continue
             in_force = control.slot(sid).in_force
+            if fleet and amps * connectors > self._recorded(g, sid) + 1e-6:
+                increases.append((sid, amps, connectors))  # reserved first (below)
+                continue
             (decreases if in_force is None or amps < in_force else increases).append(
                 (sid, amps, connectors))
         ok = await self._send(g, decreases, now)
-        if ok:
-            await self._send(g, increases, now)
-        elif increases:
-            log.warning("group %s: a decrease was not accepted; increases held back",
-                        g.cfg.name)
+        if fleet:
+            if g.view is None:  # the database is away: nothing may rise
+                return
+            for sid in connected:
+                if sid not in targets and self._recorded(g, sid) > 0:
+                    await self._shared_record(g, sid, 0.0)
+            for sid, amps, connectors in decreases:
+                if sid not in g.refused and amps * connectors < self._recorded(g, sid):
+                    await self._shared_record(g, sid, amps * connectors)
+        if not ok:
+            if increases:
+                log.warning("group %s: a decrease was not accepted; increases held back",
+                            g.cfg.name)
+            return
+        if fleet:
+            increases = await self._reserve(g, increases, capacity)
+        await self._send(g, increases, now)
+
+    async def _shared_record(self, g: _Group, station: str, whole: float) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            recorded = await self._record(g, station, whole)
+            if g.view is not None and station in g.view.members:
+                g.view.members[station].share = recorded
+
+    async def _reserve(self, g: _Group, rows: list[tuple[str, float, int]],
+                       capacity: float) -> list[tuple[str, float, int]]:
+        """The increases the other members leave room for, each reserved in the store."""
+        granted = []
+        minimum = {m.id: m.min_current for m in g.cfg.stations}
+        for sid, amps, connectors in rows:
+            before = self._recorded(g, sid)
+            if amps * connectors <= before + 1e-6:
+                granted.append((sid, amps, connectors))
+                continue
+            try:
+                share = await self._record(g, sid, amps * connectors, capacity)
+            except StoreUnavailable:
+                return granted
+            if g.view is not None and sid in g.view.members:
+                g.view.members[sid].share = share
+            amps = min(amps, math.floor(share / connectors * 10 + 1e-9) / 10)
+            if amps >= minimum.get(sid, 0.0) - 1e-9:
+                granted.append((sid, amps, connectors))
+            else:  # less than the car can use: once the others came down
+                log.debug("group %s: %s waits for another replica's decrease", g.cfg.name,
+                          sid)
+        return granted
 
     async def _send(self, g: _Group, rows: list[tuple[str, float, int]], now: float) -> bool:
         if not rows:
@@ -388,12 +543,19 @@ class LoadBalancingExtension(BaseExtension):
     def _publish(self, g: _Group, metered: float | None, stale: bool, capacity: float) -> None:
         doc = {"name": g.cfg.name, "max_current": g.max_current, "metered": metered,
                "meter_stale": stale, "available": round(max(capacity, 0.0), 1),
-               "allocations": g.allocations, "modes": g.modes,
-               "in_force": {sid: self.control.slot(sid).in_force for sid in g.allocations}}
+               "allocations": g.allocations,
+               "modes": {m.id: self._mode(g, m.id, g.view) for m in g.cfg.stations},
+               "in_force": {sid: self._in_force(g, sid) for sid in g.allocations}}
         body = orjson.dumps(doc)
         if body != g.published:
             g.published = body
             self.ctx.publish(self.group_topic(g.cfg.name), body)
+
+    def _in_force(self, g: _Group, station: str) -> float | None:
+        row = g.view.members.get(station) if g.view is not None else None
+        if station in g.written or row is None or not row.connected:
+            return self.control.slot(station).in_force
+        return row.share  # held by another replica: the most it may offer
 
     def documents(self) -> list[dict[str, Any]]:
         """Every group as last published on `bridge/groups/<name>` (the web page)."""

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ocpp2mqtt.store.sqlite import SessionRow, Store
@@ -103,6 +104,24 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN substr(t, 1, 7);
     END $$;
     """,
+    # Load-balancing groups whose stations are spread over replicas (docs/scaling.md):
+    # each member as its holder sees it, and `share`, the most its charger may offer
+    # now (A, whole station), raised only under the group's lock.
+    """
+    CREATE TABLE IF NOT EXISTS group_members (
+        grp TEXT NOT NULL,
+        station TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        connected BOOLEAN NOT NULL,
+        active BOOLEAN NOT NULL,
+        max_current DOUBLE PRECISION NOT NULL,
+        mode TEXT NOT NULL,
+        drawing DOUBLE PRECISION,
+        share DOUBLE PRECISION NOT NULL DEFAULT 0,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (grp, station)
+    );
+    """,
 )
 
 _CHARGER_TX = ("station, transaction_id, evse_id, id_tag, meter_start, started_at, "
@@ -145,6 +164,32 @@ APPLY: dict[str, tuple[str, tuple[str, ...]]] = {
         " WHERE station=%s AND transaction_id=%s",
         ("meter_stop", "stopped_at", "reason", "station", "transaction_id")),
 }
+
+
+@dataclass(slots=True)
+class GroupMember:
+    """A load-balancing group's member as the replica holding it sees it."""
+
+    station: str
+    connected: bool
+    active: bool  # a car charges or wants to
+    max_current: float  # what it may take (its own cap, a user limit, given back)
+    mode: str
+    drawing: float | None  # A, the worst phase
+    replica: str = ""
+    share: float = 0.0  # the most its charger may offer now (A, whole station)
+    at: float = 0.0  # epoch s of the row's last change
+    alive: bool = True  # its replica is alive (ALIVE)
+    seen: float = 0.0  # epoch s its replica was last seen
+
+
+@dataclass(slots=True)
+class GroupView:
+    """A group as the shared store has it."""
+
+    members: dict[str, GroupMember]
+    max_current: float | None  # the runtime group limit (bridge/request/group_limit)
+    publisher: bool  # this replica publishes the group's document (lowest live id)
 
 
 class StoreUnavailable(Exception):
@@ -344,6 +389,80 @@ class SharedStore:
             "INSERT INTO command_claims (digest, replica, at) VALUES (%s, %s, %s)"
             " ON CONFLICT (digest) DO UPDATE SET replica=excluded.replica, at=excluded.at",
             (digest, to, time.time()))
+
+    # --- load-balancing groups spread over replicas -------------------------------------------
+    _MEMBERS = ("SELECT m.station, m.connected, m.active, m.max_current, m.mode, m.drawing,"
+                " m.replica, m.share, m.at, COALESCE(r.seen, 0) FROM group_members m"
+                " LEFT JOIN replicas r ON r.id = m.replica WHERE m.grp=%s")
+
+    def _members(self, rows: list[tuple[Any, ...]]) -> dict[str, GroupMember]:
+        alive_after = time.time() - ALIVE
+        return {row[0]: GroupMember(row[0], row[1], row[2], row[3], row[4], row[5],
+                                    replica=row[6], share=row[7], at=row[8], seen=row[9],
+                                    alive=row[6] == self.replica or row[9] > alive_after)
+                for row in rows}
+
+    async def group_view(self, group: str, held: list[GroupMember], left: list[str],
+                         limit_key: str) -> GroupView:
+        """Write what changed about the members held here (`left`: no longer connected
+        here), read every member, the runtime limit, and whether this replica publishes."""
+        now = time.time()
+        async with self._lock:
+            conn = self._need()
+            try:
+                async with conn.pipeline():
+                    for m in held:
+                        await conn.execute(
+                            "INSERT INTO group_members (grp, station, replica, connected,"
+                            " active, max_current, mode, drawing, at) VALUES"
+                            " (%s, %s, %s, TRUE, %s, %s, %s, %s, %s) ON CONFLICT (grp, station)"
+                            " DO UPDATE SET replica=excluded.replica, connected=TRUE,"
+                            " active=excluded.active, max_current=excluded.max_current,"
+                            " mode=excluded.mode, drawing=excluded.drawing, at=excluded.at",
+                            (group, m.station, self.replica, m.active, m.max_current, m.mode,
+                             m.drawing, now))
+                    for station in left:
+                        await conn.execute(
+                            "UPDATE group_members SET connected=FALSE, at=%s WHERE grp=%s"
+                            " AND station=%s AND replica=%s",
+                            (now, group, station, self.replica))
+                    members = await conn.execute(self._MEMBERS, (group,))
+                    limit = await conn.execute("SELECT value FROM meta WHERE key=%s",
+                                               (limit_key,))
+                    first = await conn.execute(
+                        "SELECT id FROM replicas WHERE seen > %s ORDER BY id LIMIT 1",
+                        (now - ALIVE,))
+                rows = await members.fetchall()
+                limit_row = await limit.fetchone()
+                first_row = await first.fetchone()
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                raise StoreUnavailable(str(exc)) from exc
+        return GroupView(self._members(rows),
+                         float(limit_row[0]) if limit_row else None,
+                         first_row is None or first_row[0] == self.replica)
+
+    async def set_share(self, group: str, station: str,
+                        decide: Callable[[dict[str, GroupMember]], float]) -> float:
+        """Under the group's lock (one replica at a time): `decide` sees every member and
+        returns the share `station` gets, which is recorded; returns it. A rise is only
+        safe this way: two replicas raising at once would each count the other's old
+        share."""
+        async with self._lock:
+            conn = self._need()
+            try:
+                await conn.execute("SELECT pg_advisory_xact_lock(7008, hashtext(%s))",
+                                   (group,))
+                cur = await conn.execute(self._MEMBERS, (group,))
+                share = decide(self._members(await cur.fetchall()))
+                await conn.execute("UPDATE group_members SET share=%s WHERE grp=%s AND"
+                                   " station=%s", (share, group, station))
+                await conn.commit()
+            except Exception as exc:
+                await self._lost(exc)
+                raise StoreUnavailable(str(exc)) from exc
+        return share
 
     async def _heartbeats(self) -> None:
         while True:
@@ -635,4 +754,4 @@ async def migrate(conn: Any) -> int:
     return len(MIGRATIONS)
 
 
-__all__ = ["MIGRATIONS", "SharedStore", "StoreUnavailable", "migrate"]
+__all__ = ["MIGRATIONS", "GroupMember", "GroupView", "SharedStore", "StoreUnavailable", "migrate"]
