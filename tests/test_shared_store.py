@@ -16,10 +16,13 @@ from ocpp.v16 import call
 from ocpp2mqtt.config import ConfigError, load_settings
 from ocpp2mqtt.gateway import Gateway
 from ocpp2mqtt.health import bound_port
-from ocpp2mqtt.store.postgres import MIGRATIONS
+from ocpp2mqtt.store import Store
+from ocpp2mqtt.store.postgres import MIGRATIONS, SharedStore
+from tests.backoffice import BackOffice
 from tests.helpers import MqttRecorder, Postgres, connect_station
 from tests.test_current_control import Fuse, connected, settle, stations
 from tests.test_health import http_get, metrics, poll, value
+from tests.test_relay import boot, latest, meter, upstream
 from tests.test_simulator import Remote, until
 
 TS = "2026-11-30T10:00:00Z"
@@ -271,5 +274,93 @@ async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
         fuse.max_current = 24
         await settle(recorder, basepath, "depot", sims, {"FG1": 8, "FG3": 8, "FG4": 8}, fuse)
         fuse.check()
-        shares = dict(rows(url, "SELECT station, share FROM group_members"))
-        assert sum(shares.values()) <= 24 + 1e-6, shares
+        # Each decrease is recorded once its charger accepted it (just after the above).
+        await until(lambda: sum(dict(rows(url, "SELECT station, share FROM group_members"))
+                                .values()) <= 24 + 1e-6, "the shares recorded under 24 A")
+
+
+async def test_a_relayed_station_takes_its_back_office_queue_to_the_next_replica(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    """A charger starts a session on replica A while its secondary back office is down,
+    and finishes it on replica B. When the back office is back it gets the whole
+    session once, in order, with its own transaction id: from B, the only sender."""
+    url = postgres.new_database()
+    employer = await BackOffice(first_tx=5000).start()
+    ere = await BackOffice(first_tx=7000).start()
+    try:
+        upstreams = {"MV9": [upstream(employer, "employer", "primary"), upstream(ere, "ere")]}
+        async with replicas(settings_factory, tmp_path, url, ocpp_upstreams=upstreams,
+                            ocpp_upstream_reconnect_max_delay=0.2) as (a, b):
+            st = await connect_station(f"ws://127.0.0.1:{a.port}", "MV9")
+            await st.cp.call(boot())
+            await ere.wait_actions("BootNotification")
+            await ere.stop()
+            await latest(recorder, f"{basepath}/MV9/upstream/ere/connection_state",
+                         "DISCONNECTED")
+            started = await st.cp.call(call.StartTransaction(
+                connector_id=1, id_tag="T", meter_start=1000, timestamp=TS))
+            tx = started.transaction_id
+            assert tx == 5000  # the primary's id
+            await st.cp.call(meter(tx, 1100))
+            await st.cp.call(meter(tx, 1200))
+            await st.close()
+            st = await connect_station(f"ws://127.0.0.1:{b.port}", "MV9")
+            try:
+                await st.cp.call(meter(tx, 1300))
+                await st.cp.call(call.StopTransaction(meter_stop=1400, timestamp=TS,
+                                                      transaction_id=tx))
+                await recorder.wait_for(f"{basepath}/MV9/state/session_energy", "400")
+                # The primary saw the session through both replicas with its own id.
+                frames = await employer.wait_actions("StartTransaction", "MeterValues",
+                                                     "MeterValues", "MeterValues",
+                                                     "StopTransaction")
+                assert [f.payload.get("transactionId") for f in frames[1:]] == [5000] * 4
+                await ere.start()
+                await latest(recorder, f"{basepath}/MV9/upstream/ere/queue", "0", timeout=15)
+                session = [f for f in ere.calls() if f.action in
+                           ("StartTransaction", "MeterValues", "StopTransaction")]
+                assert [f.action for f in session] == [
+                    "StartTransaction", "MeterValues", "MeterValues", "MeterValues",
+                    "StopTransaction"], [f.action for f in session]
+                assert [f.payload["transactionId"] for f in session[1:]] == [7000] * 4
+                readings = [f.payload["meterValue"][0]["sampledValue"][0]["value"]
+                            for f in session if f.action == "MeterValues"]
+                assert readings == ["1100", "1200", "1300"]
+                # Nothing left anywhere for another replica to send again.
+                assert rows(url, "SELECT count(*) FROM relay_queue") == [(0,)]
+                assert a.store.relay_count("MV9", "ere") == 0 or \
+                    "MV9" not in a.server.sessions
+            finally:
+                await st.close()
+    finally:
+        for office in (employer, ere):
+            await office.stop()
+            office.close()
+
+
+async def test_a_handed_over_command_is_answered_once_when_its_first_runner_dies(
+        tmp_path, postgres: Postgres):
+    """Replica X ran a command, handed it over to Y (the station moved) and died before
+    marking the original done. Z, watching over the original, must leave it to Y's copy,
+    and once Y answered the copy the original is answered too: never a second result
+    ("timeout") after Y's "ok"."""
+    url = postgres.new_database()
+    stores = {}
+    for name in ("x", "y", "z"):
+        stores[name] = SharedStore(url, Store(tmp_path / name), 2.0, name)
+        await stores[name].start(wait=10)
+    x, y, z = stores["x"], stores["y"], stores["z"]
+    try:
+        original, copy = b"o" * 16, b"c" * 16
+        assert await x.claim_command(original) == "x"
+        await x.hand_over_command(copy, "y", original)
+        assert await y.claim_command(copy) == "y"
+        with psycopg.connect(url) as conn:  # x dies (kill -9): its heartbeat is old
+            conn.execute("UPDATE replicas SET seen = 0 WHERE id = 'x'")
+        x._heartbeat_task.cancel()
+        assert await z.orphaned(original) is False  # y's copy is in hand
+        await y.command_done(copy)
+        assert await z.orphaned(original) is None  # answered, through the copy
+    finally:
+        for store in stores.values():
+            await store.stop()

@@ -56,7 +56,7 @@ Handler = Callable[[str, Any, dict[str, Any], bytes], Awaitable[dict[str, Any]]]
 class Fleet(Protocol):
     """The shared store's part in commands (store/postgres.py), with STORE_URL set."""
 
-    async def responsible(self, station: str, owner_gone: bool = False) -> bool: ...
+    async def responsible(self, station: str) -> bool: ...
 
     async def claimed(self, digest: bytes) -> bool: ...
 
@@ -68,15 +68,13 @@ class Fleet(Protocol):
 
     async def claim_command(self, digest: bytes) -> str: ...
 
-    async def hand_over_command(self, digest: bytes, to: str) -> None: ...
+    async def hand_over_command(self, digest: bytes, to: str,
+                                parent: bytes | None) -> None: ...
 
 
 class NotConnected(Exception):
     """The station is not connected (and did not come back in time)."""
 
-
-class OwnedElsewhere(Exception):
-    """Another replica held the station when the command arrived (its id is the message)."""
 
 
 class HandedOver(Exception):
@@ -223,21 +221,21 @@ class CommandRunner:
         recent[digest] = None
         if len(recent) > RECENT_LIMIT:
             del recent[next(iter(recent))]
-        self.spawn(self._run(station, message, raw, time.time()))
+        self.spawn(self._run(station, message, raw))
 
     async def _fleet_run(self, station: str, message: Incoming, raw: bytes, holding: bool,
                          copy: bool, arrived: float) -> None:
-        """Every replica heard the command: the shared store picks the one that answers —
-        the holder of the station, else the one that held it last, else one live
-        replica — and an atomic claim makes sure only one does. A handed-over copy is
-        claimed for its new owner by the replica that hands it over."""
+        """Every replica heard the command: an atomic claim in the shared store makes one
+        of them answer. The holder of the station (or the one that held it last, or, if
+        none holds it, the live replica with the lowest id) claims at once; the others
+        give it CLAIM_GRACE, then all try (the one on record may be gone: kill -9), and
+        the winner hands the command over to the station's holder if that is another
+        replica. A handed-over copy is claimed for its new owner by the replica that
+        hands it over. Whoever loses watches over the winner (`_watch_over`)."""
         assert self.fleet is not None
         claim = hashlib.blake2b(message.payload, digest_size=16).digest()
         try:
             if not copy and not holding and not await self.fleet.responsible(station):
-                # The replica on record holds the station and claims its commands at
-                # once. If it has not after CLAIM_GRACE it is gone (kill -9, power cut)
-                # and its chargers are on their way elsewhere: one of us answers.
                 await asyncio.sleep(CLAIM_GRACE)
                 if await self.fleet.claimed(claim):
                     await self._watch_over(station, message, raw, claim)
@@ -246,9 +244,9 @@ class CommandRunner:
                     # The store was away around the command's arrival: the holder may
                     # have run it unclaimed. One result or none, never two.
                     return
-                if not await self.fleet.responsible(station, owner_gone=True):
-                    return
             if await self.fleet.claim_command(claim) != self.instance_id:
+                if not holding and not copy:
+                    await self._watch_over(station, message, raw, claim)
                 return
         except Exception as exc:
             # The store is away: the holder answers; any other replica cannot know
@@ -256,7 +254,7 @@ class CommandRunner:
             log.warning("%s: shared store unavailable for a command (%s)", station, exc)
             if not holding:
                 return
-        await self._run(station, message, raw, arrived, claim)
+        await self._run(station, message, raw, claim)
 
     async def _watch_over(self, station: str, message: Incoming, raw: bytes,
                           claim: bytes) -> None:
@@ -285,18 +283,12 @@ class CommandRunner:
                     await self.fleet.command_done(claim)
                 return
 
-    async def _run(self, station: str, message: Incoming, raw: bytes, arrived: float,
+    async def _run(self, station: str, message: Incoming, raw: bytes,
                    claim: bytes | None = None) -> None:
         try:
             doc = await self._execute(station, raw)
             if doc.get("status") == "not_connected" and self.shared_owner is not None:
-                await self._owned_elsewhere(station, arrived)
-        except OwnedElsewhere as exc:
-            # The replica that held the station when the command arrived heard it too
-            # and answers it: one command, one result.
-            log.info("%s: command left to replica %s, which holds the station", station, exc)
-            await self._done(claim)
-            return
+                await self._held_elsewhere(station)
         except HandedOver as exc:
             # The station is on another replica now, which listens to this topic:
             # pass the command on instead of answering not_connected.
@@ -305,7 +297,7 @@ class CommandRunner:
             copy_claim = hashlib.blake2b(copy, digest_size=16).digest()
             if self.fleet is not None:
                 with contextlib.suppress(Exception):
-                    await self.fleet.hand_over_command(copy_claim, str(exc))
+                    await self.fleet.hand_over_command(copy_claim, str(exc), claim)
             self.publisher.publish(message.topic, copy, retain=False, qos=1)
             if self.fleet is not None:
                 # Still ours until the new owner answers: if it stops first, we answer.
@@ -326,21 +318,18 @@ class CommandRunner:
             with contextlib.suppress(Exception):
                 await self.fleet.command_done(claim)
 
-    async def _owned_elsewhere(self, station: str, arrived: float) -> None:
+    async def _held_elsewhere(self, station: str) -> None:
         """Before answering not_connected: does the shared store know another replica that
-        holds the station? Claimed after the command arrived → hand it over (HandedOver);
-        before → that replica heard the command itself (OwnedElsewhere). The MQTT claims
-        can arrive late under load; the database cannot."""
+        holds the station? Then it gets the command (HandedOver): this replica won the
+        claim, so that one did not run it. The MQTT claims can arrive late under load;
+        the database cannot."""
         assert self.shared_owner is not None
         try:
             owner = await self.shared_owner(station or self.server.last_station or "")
         except Exception:  # the store is away: answer as without one
             return
-        if owner is None or owner[0] == self.instance_id:
-            return
-        if owner[1] > arrived:
+        if owner is not None and owner[0] != self.instance_id:
             raise HandedOver(owner[0])
-        raise OwnedElsewhere(owner[0])
 
     def _publish_result(self, station: str, message: Incoming, doc: dict[str, Any]) -> None:
         target = station or self.server.last_station or ""

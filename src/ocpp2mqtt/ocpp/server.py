@@ -156,14 +156,19 @@ class OcppServer:
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
         log.info("%s connected from %s (OCPP %s)", station, ip, version.name)
         session.connected_at = utc_now(precise=True)
-        for callback in self.on_session_start:
-            callback(session)
-        self.services.emit(ev.Connected(station, session.connected_at, ip=ip,
-                                        subprotocol=ws.subprotocol, ocpp_version=version.name,
-                                        gateway=self.gateway_id))
-        await self._notify()
         try:
-            await session.run()
+            if self.services.prepare is not None:
+                # What other replicas wrote about the station, before anything here
+                # (extensions, relay links, its first message) looks at it.
+                await self.services.prepare(station)
+            if self.sessions.get(station) is session:  # not replaced meanwhile
+                for callback in self.on_session_start:
+                    callback(session)
+                self.services.emit(ev.Connected(
+                    station, session.connected_at, ip=ip, subprotocol=ws.subprotocol,
+                    ocpp_version=version.name, gateway=self.gateway_id))
+                await self._notify()
+                await session.run()
         finally:
             if self.sessions.get(station) is session:
                 del self.sessions[station]

@@ -131,8 +131,6 @@ class Session:
         rate = services.settings.ocpp_rate_limit
         burst = float(services.settings.ocpp_rate_burst)
         tokens, last, throttled = burst, loop.time(), False
-        if services.prepare is not None:
-            await services.prepare(self.station)
         frames = services.frames
         station = self.station
         answering = None

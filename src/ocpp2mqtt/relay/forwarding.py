@@ -64,7 +64,11 @@ class Relay:
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Drain what waited in the queues when the gateway stopped."""
+        """Drain what waited in the queues when the gateway stopped. With a shared store
+        a station's queue is drained by the replica it connects to, which reads it then
+        (store/postgres.py): this one may no longer hold it."""
+        if self.settings.shared_store:
+            return
         for station, name in self.store.relay_waiting():
             config = next((u for u in self.settings.upstreams_for(station) if u.name == name),
                           None)
@@ -83,7 +87,10 @@ class Relay:
 
     def session_started(self, session: Session) -> None:
         for config in self.settings.upstreams_for(session.station):
-            self._link(session.station, config).attach(session.version)
+            link = self._link(session.station, config)
+            if self.settings.shared_store:
+                link.reload()  # another replica may have held it: its queue was read
+            link.attach(session.version)
 
     def session_ended(self, session: Session) -> None:
         for link in self.links.get(session.station, {}).values():

@@ -121,9 +121,24 @@ class UpstreamLink:
         self._ensure_running()
 
     def detach(self) -> None:
-        """The charger left: drain the queue, then close."""
+        """The charger left: drain the queue, then close. With a shared store: finish
+        the message on the wire, then close; the queue waits (in PostgreSQL) for the
+        replica the charger connects to next, so that only one sends it."""
         self.charger_version = None
         self._wake.set()
+
+    @property
+    def _draining(self) -> bool:
+        """Sending while the charger is away."""
+        return self.count > 0 and not self.host.settings.shared_store
+
+    def reload(self) -> None:
+        """The queue and the last Boot answer may have changed in the store."""
+        if self._in_flight is None:
+            store = self.host.store
+            self.count = store.relay_count(self.station, self.name)
+            self.boot_status = store.flag(self.station, self._boot_key, "")
+            self.host.changed(self)
 
     def resume(self) -> None:
         """Messages are waiting (e.g. after a restart): connect and drain them."""
@@ -234,7 +249,7 @@ class UpstreamLink:
     async def _run(self) -> None:
         s = self.host.settings
         delay = 1.0
-        while self.attached or self.count > 0:
+        while self.attached or self._draining:
             version = self._version_to_speak()
             headers = {}
             if self.config.password is not None:
@@ -352,10 +367,10 @@ class UpstreamLink:
         s = self.host.settings
         loop = asyncio.get_running_loop()
         while True:
-            row = self._next()
+            row = self._next() if self.attached or self._draining else None
             if row is None:
                 if not self.attached:
-                    return  # drained, and the charger is gone
+                    return  # drained (or handed on), and the charger is gone
                 if self.charger_version is not self.version:
                     raise _Reconnect  # the charger came back speaking another version
                 self._wake.clear()

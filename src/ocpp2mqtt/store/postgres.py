@@ -12,7 +12,8 @@ PostgreSQL in order, one PostgreSQL transaction per batch, and:
   goes out after that timeout, the journal keeps the changes in order, and they follow
   when it is back (the gap is on /readyz and /metrics);
 - **when a station connects** its rows (open and recent transactions of both OCPP
-  generations, its flags) are read from PostgreSQL into the working copy before its
+  generations, its flags, its messages waiting for back offices and their transaction
+  ids) are read from PostgreSQL into the working copy before its
   first message is handled (`load_station`);
 - **1.6 transaction ids** come from one PostgreSQL sequence: each replica reserves a
   block (ID_BLOCK) and hands ids out of it, so ids are unique across replicas and never
@@ -121,6 +122,30 @@ MIGRATIONS: tuple[str, ...] = (
         at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (grp, station)
     );
+    -- A handed-over copy of a command: the original it answers.
+    ALTER TABLE command_claims ADD COLUMN IF NOT EXISTS parent BYTEA;
+    -- The relay's queues and transaction-id maps (relay/): a station's messages for its
+    -- back offices follow it to whichever replica it connects to.
+    CREATE TABLE IF NOT EXISTS relay_queue (
+        key TEXT PRIMARY KEY,
+        station TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        version TEXT NOT NULL,
+        action TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        local_tx BIGINT,
+        transactional BOOLEAN NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS relay_queue_station ON relay_queue (station, created);
+    CREATE TABLE IF NOT EXISTS relay_transactions (
+        station TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        local_tx BIGINT NOT NULL,
+        upstream_tx BIGINT NOT NULL,
+        PRIMARY KEY (station, upstream, local_tx)
+    );
     """,
 )
 
@@ -159,6 +184,19 @@ APPLY: dict[str, tuple[str, tuple[str, ...]]] = {
         " ended=excluded.ended",
         ("station", "transaction_id", "evse_id", "id_tag", "meter_start", "started_at",
          "last_seq_no", "last_energy", "ended")),
+    "relay_put": (
+        "INSERT INTO relay_queue (key, station, upstream, version, action, payload, local_tx,"
+        " transactional, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (key) DO NOTHING",
+        ("key", "station", "upstream", "version", "action", "payload", "local_tx",
+         "transactional", "created")),
+    "relay_del": ("DELETE FROM relay_queue WHERE key=%s", ("key",)),
+    "relay_attempt": ("UPDATE relay_queue SET attempts=attempts+1 WHERE key=%s", ("key",)),
+    "relay_tx": (
+        "INSERT INTO relay_transactions (station, upstream, local_tx, upstream_tx)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (station, upstream, local_tx)"
+        " DO UPDATE SET upstream_tx=excluded.upstream_tx",
+        ("station", "upstream", "local_tx", "upstream_tx")),
     "charger_tx_stopped": (
         "UPDATE charger_transactions SET meter_stop=%s, stopped_at=%s, reason=%s"
         " WHERE station=%s AND transaction_id=%s",
@@ -317,18 +355,18 @@ class SharedStore:
                 raise StoreUnavailable(str(exc)) from exc
         return list(rows)
 
-    async def responsible(self, station: str, owner_gone: bool = False) -> bool:
-        """For a command to a station this replica does not hold: should it answer?
-        Yes if it held the station last, or if no live replica holds it (`owner_gone`:
-        the one on record did not take the command) and this is the live replica with the
-        lowest id (so that exactly one is asked)."""
+    async def responsible(self, station: str) -> bool:
+        """For a command to a station this replica does not hold: should it claim it at
+        once? Yes if it held the station last, or if no live replica holds it and this is
+        the live replica with the lowest id. (The others claim after CLAIM_GRACE: the one
+        chosen here may be dead without being counted gone yet.)"""
         rows = await self._query(
             "SELECT o.owner, r.seen > %s FROM station_owners o LEFT JOIN replicas r"
             " ON r.id = o.owner WHERE o.station=%s", (time.time() - ALIVE, station))
         owner = rows[0][0] if rows else None
         if owner == self.replica:
             return True
-        if rows and rows[0][1] and not owner_gone:
+        if rows and rows[0][1]:
             return False  # that replica heard the command too
         first = await self._query(
             "SELECT id FROM replicas WHERE seen > %s AND id <> %s ORDER BY id LIMIT 1",
@@ -338,8 +376,13 @@ class SharedStore:
     async def command_done(self, digest: bytes) -> None:
         """Its result is published: nobody needs to watch over it any more."""
         with contextlib.suppress(StoreUnavailable):
-            await self._query("UPDATE command_claims SET done=TRUE WHERE digest=%s",
-                              (digest,))
+            # A handed-over copy answers its original too: a replica watching over the
+            # original (its runner handed it over, then died) must not answer it again.
+            await self._query(
+                "WITH RECURSIVE up(d) AS (SELECT %s::bytea UNION SELECT c.parent FROM"
+                " command_claims c JOIN up ON c.digest = up.d WHERE c.parent IS NOT NULL)"
+                " UPDATE command_claims SET done=TRUE WHERE digest IN (SELECT d FROM up)",
+                (digest,))
 
     async def orphaned(self, digest: bytes) -> bool | None:
         """A claimed command whose replica stopped before answering it: True if this
@@ -352,6 +395,12 @@ class SharedStore:
             return None
         if rows[0][1]:
             return False
+        copies = await self._query(
+            "SELECT 1 FROM command_claims c JOIN replicas r ON r.id = c.replica"
+            " WHERE c.parent=%s AND NOT c.done AND r.seen > %s",
+            (digest, time.time() - ALIVE))
+        if copies:
+            return False  # handed over before its runner stopped: the copy's runner answers
         taken = await self._query(
             "UPDATE command_claims SET replica=%s WHERE digest=%s AND NOT done AND replica IN"
             " (SELECT c.replica FROM command_claims c LEFT JOIN replicas r ON r.id = c.replica"
@@ -383,12 +432,13 @@ class SharedStore:
                                    now - SAME_COMMAND, now - SAME_COMMAND))
         return str(rows[0][0])
 
-    async def hand_over_command(self, digest: bytes, to: str) -> None:
-        """The copy a replica hands over (its digest) is the new owner's to answer."""
+    async def hand_over_command(self, digest: bytes, to: str, parent: bytes | None) -> None:
+        """The copy a replica hands over (its digest) is the new owner's to answer; its
+        result is the original's (`parent`) too."""
         await self._query(
-            "INSERT INTO command_claims (digest, replica, at) VALUES (%s, %s, %s)"
-            " ON CONFLICT (digest) DO UPDATE SET replica=excluded.replica, at=excluded.at",
-            (digest, to, time.time()))
+            "INSERT INTO command_claims (digest, replica, at, parent) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (digest) DO UPDATE SET replica=excluded.replica, at=excluded.at,"
+            " parent=excluded.parent", (digest, to, time.time(), parent))
 
     # --- load-balancing groups spread over replicas -------------------------------------------
     _MEMBERS = ("SELECT m.station, m.connected, m.active, m.max_current, m.mode, m.drawing,"
@@ -544,6 +594,15 @@ class SharedStore:
                     "SELECT station, key, value FROM station_flags WHERE station=%s",
                     (station,))
                 flags = await cur.fetchall()
+                cur = await conn.execute(
+                    "SELECT key, upstream, version, action, payload, local_tx, transactional,"
+                    " created, attempts FROM relay_queue WHERE station=%s"
+                    " ORDER BY created, key", (station,))
+                relay_queue = await cur.fetchall()
+                cur = await conn.execute(
+                    "SELECT station, upstream, local_tx, upstream_tx FROM relay_transactions"
+                    " WHERE station=%s ORDER BY local_tx DESC LIMIT %s", (station, RECENT * 4))
+                relay_transactions = await cur.fetchall()
                 # This replica holds the station now: a replica still waiting with a
                 # command for it hands it over instead of answering not_connected.
                 await conn.execute(
@@ -555,7 +614,8 @@ class SharedStore:
             except Exception as exc:
                 await self._lost(exc)
                 raise StoreUnavailable(str(exc)) from exc
-        self.local.import_station(list(transactions), list(charger), list(flags))
+        self.local.import_station(station, list(transactions), list(charger), list(flags),
+                                  list(relay_queue), list(relay_transactions))
 
     async def sessions(self, station: str | None, limit: int | None,
                        ) -> list[SessionRow]:

@@ -93,6 +93,8 @@ CREATE INDEX IF NOT EXISTS transactions_charger ON transactions
     (station, COALESCE(charger_id, id));
 CREATE INDEX IF NOT EXISTS transactions_charger_id ON transactions (charger_id)
     WHERE charger_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS relay_queue_shared ON relay_queue (shared_key)
+    WHERE shared_key IS NOT NULL;
 """
 # (table, column, definition): columns added after a table first shipped, in order;
 # SCHEMA_VERSION counts them.
@@ -103,6 +105,8 @@ MIGRATIONS = (
     ("charger_transactions", "meter_stop", "REAL"),
     ("charger_transactions", "stopped_at", "TEXT"),
     ("charger_transactions", "reason", "TEXT"),
+    # Shared store: a relay message's name in every replica (the journal, import_station).
+    ("relay_queue", "shared_key", "TEXT"),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -478,11 +482,41 @@ class Store:
         return sqlite3.connect(self.path, check_same_thread=False)
 
     # --- what other replicas wrote (shared store) ------------------------------------------
-    def import_station(self, transactions: list[tuple[Any, ...]],
+    def import_station(self, station: str, transactions: list[tuple[Any, ...]],
                        charger_transactions: list[tuple[Any, ...]],
-                       flags: list[tuple[str, str, str]]) -> None:
-        """Rows read from the shared store, newest there: replace ours (no journal)."""
+                       flags: list[tuple[str, str, str]],
+                       relay_queue: list[tuple[Any, ...]] | None = None,
+                       relay_transactions: list[tuple[Any, ...]] | None = None) -> None:
+        """Rows read from the shared store, newest there: replace ours (no journal).
+
+        `relay_queue`: the station's messages waiting for back offices, oldest first, as
+        (key, upstream, version, action, payload, local_tx, transactional, created,
+        attempts). Ours that are not there were answered through another replica; theirs
+        that are not here join the queue, after ours (which are older: they waited here
+        before the station moved), keeping the seq of those a link may be sending."""
         with self._atomic():
+            if relay_queue is not None:
+                keys = [row[0] for row in relay_queue]
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS shared_keys (key TEXT)")
+                self._db.execute("DELETE FROM shared_keys")
+                self._db.executemany("INSERT INTO shared_keys VALUES (?)",
+                                     [(k,) for k in keys])
+                self._db.execute(
+                    "DELETE FROM relay_queue WHERE station=? AND shared_key IS NOT NULL AND"
+                    " shared_key NOT IN (SELECT key FROM shared_keys)", (station,))
+                self._db.executemany(
+                    "INSERT INTO relay_queue (shared_key, station, upstream, version, action,"
+                    " payload, local_tx, transactional, created, attempts)"
+                    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+                    " (SELECT 1 FROM relay_queue WHERE shared_key=?)",
+                    [(key, station, upstream, version, action, payload, local_tx,
+                      int(transactional), created, attempts, key)
+                     for (key, upstream, version, action, payload, local_tx, transactional,
+                          created, attempts) in relay_queue])
+            self._db.executemany(
+                "INSERT INTO relay_transactions (station, upstream, local_tx, upstream_tx)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (station, upstream, local_tx)"
+                " DO UPDATE SET upstream_tx=excluded.upstream_tx", relay_transactions or [])
             self._db.executemany(
                 "INSERT INTO transactions (id, station, connector_id, id_tag, meter_start,"
                 " started_at, meter_stop, stopped_at, reason, charger_id)"
@@ -511,13 +545,40 @@ class Store:
     def relay_enqueue(self, station: str, upstream: str, version: str, action: str,
                       payload: str, local_tx: int | None, transactional: bool,
                       created: float) -> int:
-        cur = self._db.execute(
-            "INSERT INTO relay_queue (station, upstream, version, action, payload, local_tx,"
-            " transactional, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (station, upstream, version, action, payload, local_tx, int(transactional),
-             created))
+        key = uuid.uuid4().hex if self.journaling else None
+        with self._atomic_if_journaling():
+            cur = self._db.execute(
+                "INSERT INTO relay_queue (station, upstream, version, action, payload, local_tx,"
+                " transactional, created, shared_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (station, upstream, version, action, payload, local_tx, int(transactional),
+                 created, key))
+            self._journal("relay_put", key=key, station=station, upstream=upstream,
+                          version=version, action=action, payload=payload, local_tx=local_tx,
+                          transactional=transactional, created=created)
+        self._after()
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    @contextlib.contextmanager
+    def _atomic_if_journaling(self) -> Iterator[None]:
+        """The change and its journal entry together; alone, one statement is atomic."""
+        if not self.journaling:
+            yield
+            return
+        with self._atomic():
+            yield
+
+    def _relay_removed(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Run a DELETE on relay_queue; journal each removed message; how many."""
+        with self._atomic_if_journaling():
+            if not self.journaling:
+                return self._db.execute(sql, args).rowcount
+            keys = self._db.execute(f"{sql} RETURNING shared_key", args).fetchall()
+            for (key,) in keys:
+                if key is not None:
+                    self._journal("relay_del", key=key)
+        self._after()
+        return len(keys)
 
     def relay_head(self, station: str, upstream: str,
                    action: str | None = None) -> QueuedMessage | None:
@@ -542,43 +603,49 @@ class Store:
         return [_queued(row) for row in rows]
 
     def relay_delete(self, seq: int) -> None:
-        self._db.execute("DELETE FROM relay_queue WHERE seq=?", (seq,))
+        self._relay_removed("DELETE FROM relay_queue WHERE seq=?", (seq,))
 
     def relay_delete_action(self, station: str, upstream: str, action: str,
                             keep: int) -> int:
         """Drop the waiting messages of `action` but message `keep`; how many."""
-        return self._db.execute(
+        return self._relay_removed(
             "DELETE FROM relay_queue WHERE station=? AND upstream=? AND action=? AND seq!=?",
-            (station, upstream, action, keep)).rowcount
+            (station, upstream, action, keep))
 
     def relay_drop_oldest(self, station: str, upstream: str, keep: int) -> bool:
         """Drop the oldest waiting message outside a transaction (not message `keep`)."""
-        return self._db.execute(
+        return self._relay_removed(
             "DELETE FROM relay_queue WHERE seq=(SELECT seq FROM relay_queue WHERE station=?"
             " AND upstream=? AND transactional=0 AND seq!=? ORDER BY seq LIMIT 1)",
-            (station, upstream, keep)).rowcount > 0
+            (station, upstream, keep)) > 0
 
     def relay_attempted(self, seq: int) -> None:
-        self._db.execute("UPDATE relay_queue SET attempts=attempts+1 WHERE seq=?", (seq,))
+        with self._atomic_if_journaling():
+            row = self._db.execute(
+                "UPDATE relay_queue SET attempts=attempts+1 WHERE seq=? RETURNING shared_key",
+                (seq,)).fetchone()
+            if row is not None and row[0] is not None:
+                self._journal("relay_attempt", key=row[0])
+        self._after()
 
     def relay_answered(self, seq: int, station: str, upstream: str, local_tx: int | None,
                        upstream_tx: int | None) -> None:
         """The back office answered message `seq`: it leaves the queue, and the id the
         back office gave the transaction (StartTransaction) is kept — both or neither."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("DELETE FROM relay_queue WHERE seq=?", (seq,))
+        with self._atomic():
+            row = self._db.execute("DELETE FROM relay_queue WHERE seq=? RETURNING shared_key",
+                                   (seq,)).fetchone()
+            if row is not None and row[0] is not None:
+                self._journal("relay_del", key=row[0])
             if local_tx is not None and upstream_tx is not None:
-                db.execute(
+                self._db.execute(
                     "INSERT INTO relay_transactions (station, upstream, local_tx, upstream_tx)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT (station, upstream, local_tx)"
                     " DO UPDATE SET upstream_tx=excluded.upstream_tx",
                     (station, upstream, local_tx, upstream_tx))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                self._journal("relay_tx", station=station, upstream=upstream,
+                              local_tx=local_tx, upstream_tx=upstream_tx)
+        self._after()
 
     def relay_count(self, station: str, upstream: str) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM relay_queue WHERE station=? AND upstream=?",
