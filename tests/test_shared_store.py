@@ -270,9 +270,12 @@ async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
                                                           "FG4": 10.6}, fuse)
         # The group limit set through one replica holds for both.
         recorder.publish(f"{basepath}/bridge/request/group_limit",
-                         orjson.dumps({"group": "depot", "max_current": 24}))
+                         orjson.dumps({"id": "gl", "group": "depot", "max_current": 24}))
         fuse.max_current = 24
         await settle(recorder, basepath, "depot", sims, {"FG1": 8, "FG3": 8, "FG4": 8}, fuse)
+        # Both replicas applied the request; one answered it.
+        answers = recorder.values(f"{basepath}/bridge/response/group_limit")
+        assert [orjson.loads(a)["id"] for a in answers] == ["gl"], answers
         fuse.check()
         # Each decrease is recorded once its charger accepted it (just after the above).
         await until(lambda: sum(dict(rows(url, "SELECT station, share FROM group_members"))
@@ -364,3 +367,33 @@ async def test_a_handed_over_command_is_answered_once_when_its_first_runner_dies
     finally:
         for store in stores.values():
             await store.stop()
+
+
+async def test_a_stop_on_another_replica_while_the_database_is_away_gets_its_energy_later(
+        settings_factory, tmp_path, recorder: MqttRecorder, basepath):
+    pg = Postgres().start()
+    try:
+        url = pg.new_database()
+        async with replicas(settings_factory, tmp_path, url, store_sync_timeout=0.5) as (a, b):
+            st = await connect_station(f"ws://127.0.0.1:{a.port}", "CP5")
+            started = await st.cp.call(call.StartTransaction(
+                connector_id=1, id_tag="T", meter_start=5000, timestamp=TS))
+            await st.close()
+            pg.stop("immediate")
+            # The charger moves while the database is away: B does not know the start.
+            st = await connect_station(f"ws://127.0.0.1:{b.port}", "CP5")
+            try:
+                await asyncio.wait_for(st.cp.call(call.StopTransaction(
+                    meter_stop=7500, timestamp=TS, transaction_id=started.transaction_id)),
+                    10)
+                prefix = f"{basepath}/CP5/state"
+                await recorder.wait_for(f"{prefix}/last_transaction_id",
+                                        str(started.transaction_id))
+                assert recorder.values(f"{prefix}/session_energy") == []
+                pg.start()
+                # Once the store has the start, the session's energy is published.
+                await recorder.wait_for(f"{prefix}/session_energy", "2500", timeout=30)
+            finally:
+                await st.close()
+    finally:
+        pg.close()

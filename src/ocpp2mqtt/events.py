@@ -122,6 +122,15 @@ class TransactionStopped(Event):
 
 
 @dataclass(slots=True)
+class SessionEnergyLearned(Event):
+    """A stop whose start this replica did not know (the shared store was away): its
+    energy, once the store had the start."""
+
+    transaction_id: str = ""
+    energy: float = 0.0  # Wh
+
+
+@dataclass(slots=True)
 class Authorized(Event):
     id_tag: str = ""
     status: str = ""

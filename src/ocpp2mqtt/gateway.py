@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from ocpp2mqtt import __version__
+from ocpp2mqtt import events as ev
 from ocpp2mqtt.authorization import Authorizer
 from ocpp2mqtt.charging.control import CurrentControl
 from ocpp2mqtt.clock import utc_now
@@ -104,7 +105,7 @@ class Gateway:
             StateTopicsExtension(),
             StateDocumentExtension(),
             BootConfigurationExtension(),
-            BridgeExtension(self._requests),
+            BridgeExtension(self._requests, self._answers_requests),
             RelayTopicsExtension(),
             self.current,
             LoadBalancingExtension(self.current, self.shared),
@@ -136,6 +137,9 @@ class Gateway:
                                  self.spawn)
         self.commands.owner_of = self.replicas.owner_of
         if self.shared is not None:
+            self.shared.on_session_energy = lambda station, tx, energy: self.host.emit(
+                ev.SessionEnergyLearned(station, utc_now(), transaction_id=str(tx),
+                                        energy=energy))
             self.commands.shared_owner = self.shared.station_owner
             self.commands.fleet = self.shared
             self.shared.held = lambda: [station for station, session in
@@ -350,6 +354,10 @@ class Gateway:
                self.shared_topic_stations())
 
     # --- MQTT_USESTATIONNAME=false with several stations ----------------------------------
+    def _answers_requests(self) -> bool:
+        """Of several replicas on one shared store, one answers bridge requests."""
+        return self.shared is None or self.shared.leader
+
     def shared_topic_stations(self) -> int:
         """Connected stations that publish on one shared prefix (MQTT_USESTATIONNAME=false)."""
         return 0 if self.settings.mqtt_usestationname else len(self.server.sessions)

@@ -393,6 +393,11 @@ def _tx_stopped(w: _Writer, e: ev.TransactionStopped) -> None:
     w.set("last_seen", e.at)
 
 
+def _late_energy(w: _Writer, e: ev.SessionEnergyLearned) -> None:
+    if w.state.values.get("last_transaction_id") == e.transaction_id:
+        w.set("session_energy", e.energy)
+
+
 def _authorized(w: _Writer, e: ev.Authorized) -> None:
     w.set("authorize", e.id_tag)
     w.set("authorize_status", e.status)
@@ -445,6 +450,7 @@ _REDUCERS: dict[type, Any] = {
     ev.MeterReading: _meter,
     ev.TransactionStarted: _tx_started,
     ev.TransactionStopped: _tx_stopped,
+    ev.SessionEnergyLearned: _late_energy,
     ev.Authorized: _authorized,
     ev.DataTransferred: _data_transfer,
     ev.NotificationReceived: _notification,

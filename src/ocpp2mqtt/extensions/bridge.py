@@ -6,11 +6,16 @@ back in the answer) or, for simple requests, a bare string; the answer is
 requests they answer with `Context.handle_request` (Home Assistant discovery:
 `remove_station`). A request published retained would run at every restart, and
 MQTT 3.1.1 hides the retain flag of live messages: every request is cleared.
+
+Several replicas on one base path (docs/scaling.md) all hear a request and all apply
+it (each keeps its own view: a group limit, a discovery removal); with a shared store
+only one of them — the live replica with the lowest id — answers it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,8 +29,10 @@ log = logging.getLogger("ocpp2mqtt.bridge")
 class BridgeExtension(BaseExtension):
     name = "bridge"
 
-    def __init__(self, handlers: dict[str, RequestHandler]):
+    def __init__(self, handlers: dict[str, RequestHandler],
+                 answers: Callable[[], bool] = lambda: True):
         self.handlers = handlers  # filled by Context.handle_request
+        self.answers = answers  # this replica publishes the responses
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
@@ -55,6 +62,8 @@ class BridgeExtension(BaseExtension):
             except Exception:
                 log.exception("bridge request %s failed", name)
                 response = BridgeResponse("error", {}, "internal error")
+        if not self.answers():
+            return
         body = orjson.dumps({"id": request_id, "status": response.status, "data": response.data,
                              "error": response.error})
         self.ctx.publish(topics.bridge_response(name), body, retain=False)

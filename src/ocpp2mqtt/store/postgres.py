@@ -251,6 +251,9 @@ class SharedStore:
         self.down_since: float | None = time.monotonic()  # until the first connection
         self.copied = 0  # journal entries copied to PostgreSQL
         self.reliable_since = float("inf")  # see _connect
+        # The live replica with the lowest id (as of the last heartbeat): it answers
+        # bridge requests. Until known, every replica does (two answers beat none).
+        self.leader = True
         self.failures = 0  # failed attempts to reach or write PostgreSQL
         self._conn: Any = None  # psycopg.AsyncConnection
         self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
@@ -266,6 +269,11 @@ class SharedStore:
         local.journaling = True
         local.next_id = self._next_id
         local.journaled = self._journaled
+        local.stopped_unknown = self._stopped_unknown
+        # Stops of transactions this replica did not know: (station, id) → (meter stop,
+        # when); their energy is told (`on_session_energy`) once the start is here.
+        self._late: dict[tuple[str, int], tuple[int, float]] = {}
+        self.on_session_energy: Callable[[str, int, float], None] = lambda *args: None
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self, wait: float) -> None:
@@ -514,13 +522,38 @@ class SharedStore:
                 raise StoreUnavailable(str(exc)) from exc
         return share
 
+    def _stopped_unknown(self, station: str, transaction_id: int, meter_stop: int) -> None:
+        self._late[(station, transaction_id)] = (meter_stop, time.time())
+
+    async def _late_energy(self) -> None:
+        """The starts of the stops this replica did not know, if the store has them now
+        (the replica that started them copies its journal when it is back)."""
+        now = time.time()
+        for key, (_, when) in list(self._late.items()):
+            if now - when > CLAIMS_KEPT:
+                del self._late[key]
+        if not self._late:
+            return
+        rows = await self._query(
+            "SELECT station, id, meter_start FROM transactions WHERE id = ANY(%s)",
+            ([tx for _, tx in self._late],))
+        for station, tx, meter_start in rows:
+            late = self._late.pop((station, tx), None)
+            if late is not None:
+                self.on_session_energy(station, tx, late[0] - meter_start)
+
     async def _heartbeats(self) -> None:
         while True:
             with contextlib.suppress(StoreUnavailable):
+                await self._late_energy()
                 now = time.time()
                 await self._query(
                     "INSERT INTO replicas (id, seen) VALUES (%s, %s) ON CONFLICT (id)"
                     " DO UPDATE SET seen=excluded.seen", (self.replica, now))
+                first = await self._query(
+                    "SELECT id FROM replicas WHERE seen > %s ORDER BY id LIMIT 1",
+                    (now - ALIVE,))
+                self.leader = not first or first[0][0] == self.replica
                 await self._query("DELETE FROM command_claims WHERE at < %s",
                                   (now - CLAIMS_KEPT,))
             await asyncio.sleep(HEARTBEAT)

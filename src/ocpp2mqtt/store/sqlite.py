@@ -264,6 +264,7 @@ class Store:
         self.journaling = False
         self.next_id: Callable[[], int] | None = None
         self.journaled: Callable[[int], None] = lambda seq: None  # the entry's seq
+        self.stopped_unknown: Callable[[str, int, int], None] = lambda *args: None
         self._journal_seq = 0
 
     @contextlib.contextmanager
@@ -388,11 +389,13 @@ class Store:
             self._after()
         elif self.journaling:
             # Started on another replica while the shared store was away: unknown here,
-            # but the shared store gets its end when it is back.
+            # but the shared store gets its end when it is back (and its energy is
+            # published then: `stopped_unknown`).
             with self._atomic():
                 self._journal("tx_stop", id=transaction_id, station=station,
                               meter_stop=meter_stop, stopped_at=stopped_at, reason=reason)
             self._after()
+            self.stopped_unknown(station, transaction_id, meter_stop)
         return tx
 
     def transaction(self, station: str, transaction_id: int) -> Transaction | None:
