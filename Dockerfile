@@ -18,7 +18,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # DL3013: this installs the project itself; its dependencies' ranges are in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[fast]" \
+RUN pip install --no-cache-dir "." \
  && ocpp2mqtt --version
 
 # --- runtime: the venv only, as an unprivileged user ------------------------------------

@@ -174,6 +174,10 @@ class Mosquitto:
 
 
 # --- the gateway ------------------------------------------------------------------------
+# The variant measured beside the defaults: the features that run on every event off.
+SWITCHED_OFF = {"HOMEASSISTANT_DISCOVERY": "false", "HTTP_ENABLED": "false"}
+
+
 class GatewayProcess:
     """`python -m ocpp2mqtt` as a separate process, configured for the benchmark."""
 
@@ -182,6 +186,7 @@ class GatewayProcess:
         self.mqtt_port = mqtt_port
         self.extra_env = extra_env or {}
         self.port = free_port()
+        self.http_port = free_port()
         self.basepath = basepath
         self.dir = Path(tempfile.mkdtemp(prefix="gw-", dir=workdir))
         self.proc: subprocess.Popen | None = None
@@ -200,8 +205,10 @@ class GatewayProcess:
             LISTEN_PORT=str(self.port),
             MQTT_USESTATIONNAME="true",
             MQTT_BASEPATH=self.basepath,
-            HTTP_ENABLED="false",
-            HOMEASSISTANT_DISCOVERY="false",
+            # The defaults users run: Home Assistant discovery and the HTTP server (health,
+            # metrics, the web page) on; scenarios add SWITCHED_OFF beside them.
+            HTTP_ADDR="127.0.0.1",
+            HTTP_PORT=str(self.http_port),
             EMBEDDED_BROKER="off",
             DATA_DIR=str(self.dir / "data"),
             LOG_LEVEL="WARNING",

@@ -19,12 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 EXPECTED = [
     "ingest.10.gateway_calls_per_s", "ingest.10.ceiling_calls_per_s", "ingest.10.ratio_pct",
-    "ingest.10.gateway_cpu_pct",
+    "ingest.10.gateway_cpu_pct", "ingest.10.off_calls_per_s", "ingest.10.off_ratio_pct",
     "e2e.p50_ms", "e2e.p99_ms", "e2e.max_ms", "e2e.gateway_cpu_pct", "e2e.delivered_pct",
     "e2e.per_key_pct",
     "ramp.best_sustained_per_s",
     "storm.answered_s", "storm.on_broker_s", "storm.total_s", "storm.stations_on_broker",
     "memory.50.per_charger_kib", "memory.100.per_charger_kib", "memory.connected",
+    "memory.50.off_per_charger_kib", "memory.100.off_per_charger_kib",
     "relay.off_calls_per_s", "relay.up_calls_per_s", "relay.down_calls_per_s",
     "relay.ceiling_calls_per_s", "relay.up_vs_off_pct",
 ]
