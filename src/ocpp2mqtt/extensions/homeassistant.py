@@ -45,6 +45,7 @@ import hashlib
 import logging
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,8 +235,10 @@ class _Station:
     removed: bool = False  # by remove_station, until the station connects again
     recovered: dict[str, Any] = field(default_factory=dict)  # components from retained documents
     recovered_device: dict[str, Any] = field(default_factory=dict)
-    broker: str | None = None  # the document the broker holds, as far as we know
-    echoes: list[str] = field(default_factory=list)  # published, not yet seen back
+    # The document the broker holds as far as we know, and ours published but not yet
+    # seen back: digests (_digest), not the documents (a few KiB per station).
+    broker: bytes | None = None
+    echoes: list[bytes] = field(default_factory=list)
     upstreams: set[str] = field(default_factory=set)  # back offices it is relayed to
 
     @property
@@ -272,7 +275,9 @@ class HomeAssistantExtension(BaseExtension):
     def __init__(self) -> None:
         self.stations: dict[str, _Station] = {}
         self.by_slug: dict[str, _Station] = {}
-        self.retained: dict[str, str] = {}  # slug → document of a station not seen yet
+        # slug → the document of a station not seen yet, zlib-compressed: after a restart
+        # every station's is read back, and they are a few KiB each.
+        self.retained: dict[str, bytes] = {}
         self.ready = False  # our retained documents have been read back
         self._sync_token: str | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -337,9 +342,10 @@ class HomeAssistantExtension(BaseExtension):
         st = _Station(name, station_slug(name))
         self.stations[name] = st
         self.by_slug[st.slug] = st
-        retained = self.retained.pop(st.slug, None)
-        if retained is not None:
-            st.broker = retained
+        packed = self.retained.pop(st.slug, None)
+        if packed is not None:
+            retained = zlib.decompress(packed).decode(errors="replace")
+            st.broker = _digest(retained)
             self._merge(st, retained)
         return st
 
@@ -536,11 +542,12 @@ class HomeAssistantExtension(BaseExtension):
             if st.removed or st.empty():
                 continue
             body = orjson.dumps(self.document(st)).decode()
-            if body == st.broker and not force:
+            digest = _digest(body)
+            if digest == st.broker and not force:
                 continue
             self.ctx.publish(self.config_topic(name), body, retain=True, qos=1)
-            st.broker = body
-            st.echoes.append(body)
+            st.broker = digest
+            st.echoes.append(digest)
             self.published += 1
 
     # --- MQTT ------------------------------------------------------------------------
@@ -591,15 +598,16 @@ class HomeAssistantExtension(BaseExtension):
         st = self.by_slug.get(slug)
         if st is None:
             if body:
-                self.retained[slug] = body
+                self.retained[slug] = zlib.compress(message.payload)
             else:
                 self.retained.pop(slug, None)
             return
-        if body in st.echoes:  # our own publish coming back
-            del st.echoes[: st.echoes.index(body) + 1]
-            st.broker = body
+        digest = _digest(body)
+        if digest in st.echoes:  # our own publish coming back
+            del st.echoes[: st.echoes.index(digest) + 1]
+            st.broker = digest
             return
-        st.broker = body
+        st.broker = digest
         self._merge(st, body)  # written by an earlier run (or someone else): keep it
         if body and not st.removed:
             self._mark(st)
@@ -621,7 +629,8 @@ class HomeAssistantExtension(BaseExtension):
             entities = len(self.document(st)["components"])
         elif slug in self.retained:
             try:
-                entities = len(orjson.loads(self.retained[slug]).get("components", {}))
+                entities = len(orjson.loads(zlib.decompress(self.retained[slug]))
+                               .get("components", {}))
             except (orjson.JSONDecodeError, AttributeError):
                 entities = 0
         self.retained.pop(slug, None)
@@ -629,11 +638,15 @@ class HomeAssistantExtension(BaseExtension):
         if st is not None:
             st.reset()
             st.removed = True
-            st.broker = ""
-            st.echoes.append("")
+            st.broker = _digest("")
+            st.echoes.append(st.broker)
         log.info("removed Home Assistant discovery of %s (%d entities)", station, entities)
         return BridgeResponse("ok", {"station": station, "entities": entities,
                                      "discovery_topic": self.config_topic(station)})
+
+
+def _digest(document: str) -> bytes:
+    return hashlib.blake2b(document.encode(), digest_size=16).digest()
 
 
 def _command(action: str, args: dict[str, Any]) -> str:
