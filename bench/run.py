@@ -33,6 +33,7 @@ from typing import Any
 
 from bench import load as load_mod
 from bench import profile as profile_mod
+from bench import publish_paths
 from bench import subscriber as subscriber_mod
 from bench.frames import PER_KEY_TOPICS, parse_iso_utc
 from bench.procs import (
@@ -85,7 +86,9 @@ class Config:
     time_limit: int = 900  # seconds; the whole run is aborted (and cleaned up) after this
     profile_seconds: float = 10.0
     relay_chargers: int = 100
-    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory", "relay", "web")
+    publish_messages: int = 200_000
+    scenarios: tuple[str, ...] = ("ingest", "e2e", "ramp", "storm", "memory", "relay", "web",
+                                  "publish")
     gateway_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -96,7 +99,7 @@ class Config:
             ramp_start=20, ramp_min=5, ramp_max=40, ramp_max_steps=3, ramp_seconds=1.0,
             storm_chargers=10, memory_sizes=(50, 100), memory_warmup_chargers=2,
             sample_stations=2, fresh_gateway=False, time_limit=120, profile_seconds=3.0,
-            relay_chargers=10,
+            relay_chargers=10, publish_messages=2_000,
         )
 
 
@@ -767,8 +770,31 @@ def scenario_web(h: Harness, cfg: Config, res: Results) -> None:
     res.details["web"] = rows
 
 
+def scenario_publish(h: Harness, cfg: Config, res: Results) -> None:
+    """The MQTT publish path alone (bench/publish_paths.py): paho as the gateway drives it,
+    aiomqtt and gmqtt if installed, and a lean asyncio path, against this run's Mosquitto."""
+    rows = publish_paths.measure(h.mosquitto.port, cfg.publish_messages)
+    res.details["publish"] = rows
+    lean = next((r for r in rows if r["name"] == "lean" and "cpu_us_per_msg" in r), None)
+    sc = f"publish path, {cfg.publish_messages:,} QoS 1 messages"
+    for r in rows:
+        if "cpu_us_per_msg" not in r:
+            res.add(f"publish.{r['name']}.missing", sc, f"{r['name']}: "
+                    f"{r.get('skipped') or r.get('error')}", 0, diagnostic=True)
+            continue
+        name = r["name"]
+        res.add(f"publish.{name}.cpu_us_per_msg", sc, f"{name}: CPU per message",
+                round(r["cpu_us_per_msg"], 1), "µs")
+        res.add(f"publish.{name}.msgs_per_s", sc, f"{name}: messages/s",
+                round(r["msgs_per_s"]), "/s", diagnostic=True)
+        if lean is not None and name != "lean":
+            res.add(f"publish.{name}.vs_lean", sc, f"{name}: CPU per message / lean's",
+                    round(r["cpu_us_per_msg"] / lean["cpu_us_per_msg"], 1), "×")
+
+
 SCENARIOS = {"ingest": scenario_ingest, "e2e": scenario_e2e, "storm": scenario_storm,
-             "memory": scenario_memory, "relay": scenario_relay, "web": scenario_web}
+             "memory": scenario_memory, "relay": scenario_relay, "web": scenario_web,
+             "publish": scenario_publish}
 
 
 # --- profiling -------------------------------------------------------------------------------
@@ -916,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profiles = run_profiles(h, cfg, output.parent)
         else:
-            for name in ("ingest", "e2e", "storm", "memory", "relay", "web"):
+            for name in ("ingest", "e2e", "storm", "memory", "relay", "web", "publish"):
                 if name in cfg.scenarios or (name == "e2e" and "ramp" in cfg.scenarios):
                     t0 = time.monotonic()
                     print(f"running {name}…", flush=True)

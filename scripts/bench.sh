@@ -4,6 +4,6 @@
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+OCPP2MQTT_EXTRAS=${OCPP2MQTT_EXTRAS:-test,fast,bench} source scripts/setup.sh
 export PATH="$PATH:/usr/sbin"
 exec .venv/bin/python -m bench "$@"

@@ -28,6 +28,7 @@ EXPECTED = [
     "memory.50.off_per_charger_kib", "memory.100.off_per_charger_kib",
     "relay.off_calls_per_s", "relay.up_calls_per_s", "relay.down_calls_per_s",
     "relay.ceiling_calls_per_s", "relay.up_vs_off_pct",
+    "publish.paho.cpu_us_per_msg", "publish.lean.cpu_us_per_msg", "publish.paho.vs_lean",
 ]
 
 
