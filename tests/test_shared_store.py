@@ -329,8 +329,10 @@ async def test_a_relayed_station_takes_its_back_office_queue_to_the_next_replica
                 readings = [f.payload["meterValue"][0]["sampledValue"][0]["value"]
                             for f in session if f.action == "MeterValues"]
                 assert readings == ["1100", "1200", "1300"]
-                # Nothing left anywhere for another replica to send again.
-                assert rows(url, "SELECT count(*) FROM relay_queue") == [(0,)]
+                # Nothing left anywhere for another replica to send again (the answers'
+                # deletions reach PostgreSQL with B's journal, just after).
+                await until(lambda: rows(url, "SELECT count(*) FROM relay_queue") == [(0,)],
+                            "the relay queue empty in PostgreSQL")
                 assert a.store.relay_count("MV9", "ere") == 0 or \
                     "MV9" not in a.server.sessions
             finally:
