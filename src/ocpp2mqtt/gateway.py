@@ -34,10 +34,11 @@ from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.extensions.state_topics import StateTopicsExtension
 from ocpp2mqtt.health import HttpServer, start_http
 from ocpp2mqtt.metrics import Metrics
+from ocpp2mqtt.mqtt.lean import LeanTransport
 from ocpp2mqtt.mqtt.outbox import Outbox
 from ocpp2mqtt.mqtt.publisher import DurablePublisher
 from ocpp2mqtt.mqtt.router import TopicRouter
-from ocpp2mqtt.mqtt.transport import MqttTransport
+from ocpp2mqtt.mqtt.transport import MqttTransport, Transport
 from ocpp2mqtt.ocpp.admission import Admission
 from ocpp2mqtt.ocpp.server import OcppServer
 from ocpp2mqtt.ocpp.session import Durability, SessionServices
@@ -86,8 +87,10 @@ class Gateway:
         self.started_at = utc_now(precise=True)
         self.metrics = Metrics()
         self.topics = Topics(s)
-        self.mqtt = MqttTransport(s, s.mqtt_client_id or f"ocpp2mqtt-{self.instance_id}",
-                                  self.topics.bridge_state)
+        # The lean MQTT connection (mqtt/lean.py); paho's for MQTT over WebSockets.
+        link = MqttTransport if s.mqtt_transport == "websockets" else LeanTransport
+        self.mqtt: Transport = link(s, s.mqtt_client_id or f"ocpp2mqtt-{self.instance_id}",
+                                    self.topics.bridge_state)
         self.publisher = DurablePublisher(
             s, self.mqtt, Outbox(s.data_dir / "outbox.sqlite3", s.outbox_max_bytes))
         self.router = TopicRouter(self.mqtt, on_error=lambda name, exc:

@@ -20,7 +20,7 @@ import logging
 
 from ocpp2mqtt.config import Settings
 from ocpp2mqtt.mqtt.outbox import Message, Outbox
-from ocpp2mqtt.mqtt.transport import MqttTransport
+from ocpp2mqtt.mqtt.transport import Transport
 
 log = logging.getLogger("ocpp2mqtt.mqtt")
 
@@ -30,7 +30,7 @@ ACK_INTERVAL = 0.05  # PUBACKs are settled in batches: one outbox delete per int
 
 
 class DurablePublisher:
-    def __init__(self, settings: Settings, transport: MqttTransport, outbox: Outbox):
+    def __init__(self, settings: Settings, transport: Transport, outbox: Outbox):
         self.settings = settings
         self.transport = transport
         self.outbox = outbox

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from paho.mqtt.client import topic_matches_sub
 
-from ocpp2mqtt.mqtt.transport import Incoming, MqttTransport
+from ocpp2mqtt.mqtt.transport import Incoming, Transport
 
 log = logging.getLogger("ocpp2mqtt.mqtt")
 
@@ -20,7 +20,7 @@ Handler = Callable[[Incoming], None]
 
 
 class TopicRouter:
-    def __init__(self, transport: MqttTransport,
+    def __init__(self, transport: Transport,
                  on_error: Callable[[str, BaseException], None] | None = None):
         self.transport = transport
         self._exact: dict[str, list[Handler]] = {}

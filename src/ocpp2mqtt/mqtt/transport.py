@@ -20,7 +20,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,6 +42,45 @@ class Incoming:
     retain: bool
     response_topic: str | None = None
     correlation_data: bytes | None = None
+
+
+def tls_context(s: Settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=s.mqtt_tls_ca_file or None)
+    if s.mqtt_tls_cert_file:
+        ctx.load_cert_chain(s.mqtt_tls_cert_file, s.mqtt_tls_key_file or None)
+    if s.mqtt_tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Transport(Protocol):
+    """What the publisher, the router and the gateway use of an MQTT connection: paho's
+    (below, for MQTT over WebSockets) or the lean one (lean.py, the default)."""
+
+    connected: asyncio.Event
+    active_subscriptions: set[str]
+    on_message: Callable[[Incoming], None]
+    on_connected: Callable[[], None]
+    on_disconnected: Callable[[], None]
+    on_ack: Callable[[int], None]
+
+    def start(self) -> None: ...
+
+    async def disconnect(self, timeout: float) -> None: ...
+
+    async def wait_connected(self, timeout: float) -> bool: ...
+
+    def is_connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: str | bytes, qos: int, retain: bool,
+                correlation_data: bytes | None = None) -> int | None: ...
+
+    def subscribe(self, topic: str) -> None: ...
+
+    def unsubscribe(self, topic: str) -> None: ...
+
+    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None: ...
 
 
 class MqttTransport:
@@ -107,14 +146,7 @@ class MqttTransport:
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
-        s = self.settings
-        ctx = ssl.create_default_context(cafile=s.mqtt_tls_ca_file or None)
-        if s.mqtt_tls_cert_file:
-            ctx.load_cert_chain(s.mqtt_tls_cert_file, s.mqtt_tls_key_file or None)
-        if s.mqtt_tls_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return tls_context(self.settings)
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
