@@ -9,13 +9,14 @@ publisher hands over per event-loop tick — and waits for every PUBACK before t
 tick but one (two ticks in flight). Measured: CPU µs per message of the publishing
 process (user + system, all threads) and messages/s.
 
-- `paho` — the gateway's transport today (`ocpp2mqtt.mqtt.transport.MqttTransport`:
-  paho-mqtt driven by the event loop).
+- `gateway` — the gateway's MQTT connection (`ocpp2mqtt.mqtt.lean.LeanTransport`).
+- `paho` — paho-mqtt driven by the event loop (`ocpp2mqtt.mqtt.transport.MqttTransport`:
+  the gateway's connection before issue 18, and still for MQTT over WebSockets).
 - `aiomqtt` — paho-mqtt under aiomqtt's asyncio wrapper (if installed).
 - `gmqtt` — an asyncio-native client (if installed).
-- `lean` — what a lean path can reach: an asyncio Protocol that writes a whole tick's
-  PUBLISH packets (topics pre-encoded) in one transport write and parses PUBACKs in bulk.
-  Not a client: no reconnect, no subscriptions; the floor the others are compared with.
+- `lean` — the floor: an asyncio Protocol that writes a whole tick's PUBLISH packets
+  (topics pre-encoded) in one transport write and counts PUBACKs in bulk. Not a client
+  (no reconnect, no subscriptions, nothing kept for a resend).
 
 `pip install aiomqtt gmqtt` adds the optional candidates (the `bench` extra does).
 """
@@ -40,7 +41,7 @@ KEYS = ("power", "current_import", "voltage", "energy", "status", "meter_timesta
         "session_energy", "temperature", "soc", "current_offered", "frequency", "power_factor",
         "last_seen")
 TICK = 500  # messages per tick
-CANDIDATES = ("paho", "aiomqtt", "gmqtt", "lean")
+CANDIDATES = ("gateway", "paho", "aiomqtt", "gmqtt", "lean")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
@@ -60,11 +61,22 @@ def _cpu() -> float:
 
 # --- candidates ------------------------------------------------------------------------------
 async def run_paho(port: int, msgs: list[tuple[str, bytes]]) -> None:
-    from ocpp2mqtt.config import load_settings
     from ocpp2mqtt.mqtt.transport import MqttTransport
 
+    await _run_transport(MqttTransport, port, msgs)
+
+
+async def run_gateway(port: int, msgs: list[tuple[str, bytes]]) -> None:
+    from ocpp2mqtt.mqtt.lean import LeanTransport
+
+    await _run_transport(LeanTransport, port, msgs)
+
+
+async def _run_transport(cls: Any, port: int, msgs: list[tuple[str, bytes]]) -> None:
+    from ocpp2mqtt.config import load_settings
+
     settings = load_settings(_env_file=None, mqtt_hostname="127.0.0.1", mqtt_port=port)
-    transport = MqttTransport(settings, "bench-paho", "bench/paho/state")
+    transport = cls(settings, f"bench-{cls.__name__}", "bench/transport/state")
     acked = 0
     done = asyncio.Event()
     wanted = len(msgs)
@@ -203,7 +215,8 @@ async def _ticks(msgs: list[tuple[str, bytes]], publish: Callable[[str, bytes], 
         await done.wait()
 
 
-RUNNERS = {"paho": run_paho, "aiomqtt": run_aiomqtt, "gmqtt": run_gmqtt, "lean": run_lean}
+RUNNERS = {"gateway": run_gateway, "paho": run_paho, "aiomqtt": run_aiomqtt,
+           "gmqtt": run_gmqtt, "lean": run_lean}
 
 
 def _child(name: str, port: int, count: int, conn: Any) -> None:
