@@ -69,7 +69,7 @@ class DurablePublisher:
             self._replaying = asyncio.ensure_future(self._replay())
 
     def disconnected(self) -> None:
-        # What paho already holds it resends itself after reconnecting; new batches
+        # What the transport already holds it resends itself after reconnecting; new batches
         # wait in the outbox until the replay has caught up.
         self._online = False
 
@@ -140,7 +140,7 @@ class DurablePublisher:
                 len(self._mid_seq) < MAX_IN_FLIGHT:
             # Non-essential state (voltages, last_seen, …) goes straight out while the
             # broker is up and nothing is queued before it, not even in this tick (an
-            # energy register must not arrive after its meter_timestamp): paho keeps it
+            # energy register must not arrive after its meter_timestamp): the transport keeps it
             # across a reconnect, and the next reading supersedes it anyway. Only a kill -9
             # in the few milliseconds before the broker's PUBACK can lose one.
             if self.transport.publish(topic, payload, qos, retain) is None:

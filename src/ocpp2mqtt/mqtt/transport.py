@@ -1,4 +1,7 @@
-"""The gateway's one MQTT connection: paho-mqtt driven by the gateway's event loop.
+"""The gateway's MQTT connection over WebSockets (MQTT_TRANSPORT=websockets): paho-mqtt
+driven by the gateway's event loop. Over TCP, TLS and unix sockets the gateway uses the
+lean connection (lean.py): paho costs ~55 µs of CPU per message, it ~5 µs. `Transport`
+is what both offer.
 
 paho's socket is registered with the loop (add_reader/add_writer), so publishing
 costs no thread hand-off. Only the TCP/TLS connect, which blocks, runs in the
