@@ -195,12 +195,13 @@ class Harness:
         assert self.gateway is not None
         return self.gateway
 
-    def start_gateway(self, extra_env: dict[str, str] | None = None) -> None:
+    def start_gateway(self, extra_env: dict[str, str] | None = None,
+                      basepath: str = BASE) -> None:
         self._stop_gateway()
-        self.gateway = GatewayProcess(self.mosquitto.port, self.tmp, BASE,
+        self.gateway = GatewayProcess(self.mosquitto.port, self.tmp, basepath,
                                       {**self.cfg.gateway_env, **(extra_env or {})}).start()
-        ok = self.sub("wait_value", timeout=40, topic=f"{BASE}/bridge/state", value="online",
-                      wait_s=30)["ok"]
+        ok = self.sub("wait_value", timeout=40, topic=f"{basepath}/bridge/state",
+                      value="online", wait_s=30)["ok"]
         if not ok:
             raise RuntimeError("gateway did not connect to MQTT:\n" + self.gateway.log_tail())
         self.settle(self.gateway.pid)
@@ -593,10 +594,16 @@ def scenario_memory(h: Harness, cfg: Config, res: Results) -> None:
 
 
 def _memory_rows(h: Harness, cfg: Config, env: dict[str, str]) -> list[dict[str, Any]]:
-    h.start_gateway(env)  # always fresh: RSS must not carry earlier scenarios' high-water mark
+    # Always a fresh gateway: RSS must not carry earlier scenarios' high-water mark. With
+    # topics of its own, so that it does not start by reading back the retained state and
+    # discovery documents of every station the earlier scenarios left on the broker (the
+    # memory that took, freed, made the first chargers look cheaper than they are).
+    tag = f"m{time.monotonic_ns()}"
+    basepath = f"{BASE}{tag}"
+    h.start_gateway({**env, "HOMEASSISTANT_DISCOVERY_PREFIX": f"ha{tag}"}, basepath=basepath)
     pid = h.gw.pid
-    prefix = f"mem{time.monotonic_ns()}"
-    h.sub("subscribe", tag="status", filters=[f"{BASE}/+/state/status"])
+    prefix = f"mem{tag}"
+    h.sub("subscribe", tag="status", filters=[f"{basepath}/+/state/status"])
     rows = []
     try:
         warm = names_for(f"{prefix}w", cfg.memory_warmup_chargers)
@@ -618,7 +625,7 @@ def _memory_rows(h: Harness, cfg: Config, env: dict[str, str]) -> list[dict[str,
                          "base_rss_kib": base, "per_charger_kib": (rss - base) / size,
                          "connect_s": r["seconds"]})
     finally:
-        h.sub("unsubscribe", tag="status", filters=[f"{BASE}/+/state/status"])
+        h.sub("unsubscribe", tag="status", filters=[f"{basepath}/+/state/status"])
     h.load("close_all", timeout=120)
     return rows
 
@@ -735,7 +742,9 @@ def scenario_web(h: Harness, cfg: Config, res: Results) -> None:
                           ("ceiling", None)):
             rows[name] = ingest_variant(h, cfg, res, f"web {name}", env,
                                         names_for(f"web{name}", n), watch=name == "page")
-        h.start_gateway()
+        tag = f"w{time.monotonic_ns()}"  # topics of its own: see _memory_rows
+        h.start_gateway({"HOMEASSISTANT_DISCOVERY_PREFIX": f"ha{tag}"},
+                        basepath=f"{BASE}{tag}")
         pid = h.gw.pid
         h.connect(h.gw.port, names_for("webmemw", cfg.memory_warmup_chargers), boot=True)
         h.settle(pid)
