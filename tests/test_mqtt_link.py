@@ -147,3 +147,84 @@ async def test_publish_before_connect_waits_and_goes_out_once(tmp_path, broker, 
             await gw.stop()
     finally:
         rec.close()
+
+
+async def test_mqtt5_keeps_to_the_brokers_receive_maximum(tmp_path, basepath):
+    """A broker announcing Receive Maximum 5 may disconnect a client with more QoS 1
+    messages in flight (MQTT 5, 3.3.4): 300 at once go out at most 5 unacknowledged at a
+    time, in order, on one connection."""
+    broker = WindowBroker()
+    port = await broker.start()
+    settings = make_settings(port, basepath, tmp_path / "data", http_enabled=False,
+                             homeassistant_discovery=False, mqtt_protocol="5")
+    try:
+        async with Gateway(settings) as gw:
+            assert await gw.mqtt.wait_connected(10)
+            for n in range(300):
+                gw.publisher.publish(f"{basepath}/window", str(n), retain=False,
+                                     essential=True)
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(broker.payloads) < 300:
+                assert asyncio.get_running_loop().time() < deadline, len(broker.payloads)
+                await asyncio.sleep(0.05)
+            assert broker.payloads[:300] == [str(n).encode() for n in range(300)]
+            assert broker.most_in_flight <= 5, broker.most_in_flight
+            assert broker.connections == 1
+    finally:
+        await broker.close()
+
+
+class WindowBroker:
+    """MQTT 5, Receive Maximum 5; acknowledges in batches, 20 ms after the first waiting
+    PUBLISH, and records the most QoS 1 messages it ever had unacknowledged."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.most_in_flight = 0
+        self.connections = 0
+        self._pending: list[bytes] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        loop = asyncio.get_running_loop()
+
+        def ack() -> None:
+            pending, self._pending = self._pending, []
+            writer.write(b"".join(b"\x40\x02" + mid for mid in pending))
+
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readexactly(1)
+                length = shift = 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = head[0] >> 4
+                if kind == 1:  # CONNACK with Receive Maximum (0x21) = 5
+                    writer.write(b"\x20\x06\x00\x00\x03\x21\x00\x05")
+                elif kind == 3 and (head[0] >> 1) & 3 == 1:
+                    n = struct.unpack("!H", body[:2])[0]
+                    mid = body[2 + n:4 + n]
+                    props, i = read_varint(body, 4 + n)
+                    if body[2:2 + n].endswith(b"/window"):
+                        self.payloads.append(body[i + props:])
+                    if not self._pending:
+                        loop.call_later(0.02, ack)
+                    self._pending.append(mid)
+                    self.most_in_flight = max(self.most_in_flight, len(self._pending))
+                elif kind == 8:  # SUBACK (MQTT 5: properties, then the reason code)
+                    writer.write(b"\x90\x04" + body[:2] + b"\x00\x01")
+                elif kind == 12:
+                    writer.write(b"\xd0\x00")
+                await writer.drain()

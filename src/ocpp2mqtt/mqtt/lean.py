@@ -18,6 +18,7 @@ that sends garbage or stops answering pings is disconnected from.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -173,6 +174,13 @@ class LeanTransport:
         # QoS 1/2 messages not yet acknowledged, in order: mid → PUBLISH packet (or, once
         # PUBREC arrived, None: PUBREL is what is sent again).
         self._unacked: dict[int, bytes | None] = {}
+        # MQTT 5: the broker's Receive Maximum bounds our QoS 1/2 messages in flight; the
+        # rest wait (in order) until acknowledgements make room. 3.1.1: no bound here (the
+        # publisher keeps its own).
+        self._window = 65535
+        self._in_flight: set[int] = set()  # written on this connection, not acknowledged
+        self._waiting: collections.deque[int] = collections.deque()
+        self._sent: set[int] = set()  # written at least once (DUP when sent again)
         self._next_mid = 0
         self._out: list[bytes] = []
         self._write_scheduled = False
@@ -246,13 +254,9 @@ class LeanTransport:
         self._session = True
         log.info("MQTT connected")
         # Unacknowledged messages first, in order, then what waited meanwhile.
-        again = []
-        for mid, packet in self._unacked.items():
-            if packet is None:
-                again.append(b"\x62\x02" + mid.to_bytes(2, "big"))
-            else:
-                again.append(bytes([packet[0] | 0x08]) + packet[1:])
-        self._out[:0] = again
+        self._in_flight.clear()
+        self._waiting = collections.deque(self._unacked)
+        self._release()
         self.publish(self.will_topic, b"online", 1, True)
         for topic in list(self._subscriptions):
             self._subscribe(topic)
@@ -310,6 +314,8 @@ class LeanTransport:
         self._drop()
         self._pong_due = None
         self._out.clear()  # unacknowledged ones are in _unacked; QoS 0 ones are gone
+        self._in_flight.clear()
+        self._waiting.clear()
         self.connected.clear()
         self.active_subscriptions.clear()
         self._pending_sub.clear()
@@ -391,9 +397,30 @@ class LeanTransport:
         packet = b"".join((bytes([0x30 | (qos << 1) | retain]), varint(body_len), enc,
                            mid.to_bytes(2, "big"), props, payload))
         self._unacked[mid] = packet
-        if self._session:
+        if self._session and not self._waiting and len(self._in_flight) < self._window:
+            self._in_flight.add(mid)
+            self._sent.add(mid)
             self._queue(packet)
+        elif self._session:
+            self._waiting.append(mid)
         return mid
+
+    def _release(self) -> None:
+        """Write waiting QoS 1/2 messages while the broker's window has room."""
+        waiting, unacked, in_flight = self._waiting, self._unacked, self._in_flight
+        while waiting and len(in_flight) < self._window:
+            mid = waiting.popleft()
+            if mid not in unacked:
+                continue
+            packet = unacked[mid]
+            if packet is None:  # PUBREC arrived before: release it again
+                self._queue(b"\x62\x02" + mid.to_bytes(2, "big"))
+            elif mid in self._sent:
+                self._queue(bytes([packet[0] | 0x08]) + packet[1:])
+            else:
+                self._sent.add(mid)
+                self._queue(packet)
+            in_flight.add(mid)
 
     def _mid(self) -> int:
         mid = self._next_mid
@@ -411,6 +438,10 @@ class LeanTransport:
             mid = (buf[start] << 8) | buf[start + 1]
             if mid in self._unacked:
                 del self._unacked[mid]
+                self._sent.discard(mid)
+                self._in_flight.discard(mid)
+                if self._waiting:
+                    self._release()
                 if mid == self._offline_mid:
                     self._offline_acked.set()
                 self.on_ack(mid)
@@ -444,6 +475,10 @@ class LeanTransport:
     def _connack_received(self, buf: bytes, start: int, end: int) -> None:
         if end - start < 2:
             raise ProtocolError("short CONNACK")
+        self._window = 65535
+        if self.v5 and end - start > 2:
+            props, _ = read_properties(buf, start + 2)
+            self._window = max(1, int(props.get(0x21, 65535)))  # Receive Maximum
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(buf[start + 1])
 
