@@ -151,6 +151,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        self.owner.closed_before_connack()
 
 
 class LeanTransport:
@@ -304,6 +305,7 @@ class LeanTransport:
                 self._raw(b"\xc0\x00")
 
     def _drop(self) -> None:
+        self._connack = None  # nobody waits for it any more
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
             conn.transport.abort()
@@ -471,6 +473,12 @@ class LeanTransport:
         if self._acks:
             acks, self._acks = self._acks, []
             self._raw(b"".join(acks))
+
+    def closed_before_connack(self) -> None:
+        """A broker that closes the connection instead of answering CONNECT: retry now,
+        not after MQTT_TIMEOUT."""
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError("closed before CONNACK"))
 
     def _connack_received(self, buf: bytes, start: int, end: int) -> None:
         if end - start < 2:
