@@ -74,6 +74,9 @@ class FakeBroker:
                 kind = head[0] >> 4
                 kinds.append(kind)
                 if kind == 1:  # CONNECT
+                    if first_connection and self.behaviour == "close":
+                        writer.close()  # no CONNACK: the client must not wait MQTT_TIMEOUT
+                        return
                     writer.write(b"\x20\x02\x00\x00")
                     self.connected.set()
                     if first_connection and self.behaviour == "garbage":
@@ -88,14 +91,15 @@ class FakeBroker:
                 await writer.drain()
 
 
-@pytest.mark.parametrize("behaviour", ["garbage", "stall"])
+@pytest.mark.parametrize("behaviour", ["garbage", "stall", "close"])
 async def test_a_broker_that_sends_garbage_or_stalls_is_left_and_rejoined(
         tmp_path, basepath, behaviour):
     broker = FakeBroker(behaviour)
     port = await broker.start()
     settings = make_settings(port, basepath, tmp_path / "data", http_enabled=False,
                              homeassistant_discovery=False, mqtt_keepalive=5,
-                             mqtt_reconnect_base_delay=0.1, mqtt_reconnect_max_delay=0.2)
+                             mqtt_reconnect_base_delay=0.1, mqtt_reconnect_max_delay=0.2,
+                             mqtt_timeout=30)
     try:
         async with Gateway(settings) as gw:
             st = await connect_station(f"ws://127.0.0.1:{gw.port}", "GB")
