@@ -796,7 +796,7 @@ def scenario_publish(h: Harness, cfg: Config, res: Results) -> None:
                 round(r["cpu_us_per_msg"], 1), "µs")
         res.add(f"publish.{name}.msgs_per_s", sc, f"{name}: messages/s",
                 round(r["msgs_per_s"]), "/s", diagnostic=True)
-        if lean is not None and name != "lean":
+        if lean is not None and name != "lean" and lean["cpu_us_per_msg"] > 0:
             res.add(f"publish.{name}.vs_lean", sc, f"{name}: CPU per message / lean's",
                     round(r["cpu_us_per_msg"] / lean["cpu_us_per_msg"], 1), "×")
 

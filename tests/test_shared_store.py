@@ -55,7 +55,8 @@ async def test_a_stop_on_another_replica_has_the_right_energy(
         settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
     url = postgres.new_database()
     async with replicas(settings_factory, tmp_path, url) as (a, b):
-        ids = []
+        ids: list[int] = []
+        topic = f"{basepath}/CP1/state/session_energy"
         for replica, meter_start in ((a, 1000), (b, 20_000), (a, 30_000)):
             st = await connect_station(f"ws://127.0.0.1:{replica.port}", "CP1")
             answer = await st.cp.call(call.StartTransaction(
@@ -69,7 +70,9 @@ async def test_a_stop_on_another_replica_has_the_right_energy(
                 meter_stop=meter_start + 7000, timestamp=TS, transaction_id=answer.transaction_id))
             await recorder.wait_for(f"{basepath}/CP1/state/last_transaction_id",
                                     str(answer.transaction_id))
-            energy = recorder.values(f"{basepath}/CP1/state/session_energy")
+            # Published in the same tick as last_transaction_id, possibly just after it.
+            await until(lambda: len(recorder.values(topic)) == len(ids), "session_energy")
+            energy = recorder.values(topic)
             assert energy[-1] == "7000", energy
             await st.close()
         # One sequence for all replicas: unique, never reused.
