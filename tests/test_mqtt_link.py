@@ -36,6 +36,18 @@ async def test_every_qos_reaches_the_broker(settings_factory, recorder, basepath
             await asyncio.sleep(0.02)
 
 
+async def read_packet(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One MQTT packet from a client: (its first byte, its body)."""
+    head = await reader.readexactly(1)
+    length = shift = 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return head, await reader.readexactly(length)
+
+
 class FakeBroker:
     """A TCP server that speaks just enough MQTT: CONNACK to every CONNECT, then whatever
     `behaviour` says; it records the packet types it receives per connection."""
@@ -62,15 +74,7 @@ class FakeBroker:
         first_connection = len(self.connections) == 1
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
-                head = await reader.readexactly(1)
-                length = shift = 0
-                while True:
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                head, body = await read_packet(reader)
                 kind = head[0] >> 4
                 kinds.append(kind)
                 if kind == 1:  # CONNECT
@@ -205,15 +209,7 @@ class WindowBroker:
 
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
-                head = await reader.readexactly(1)
-                length = shift = 0
-                while True:
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                head, body = await read_packet(reader)
                 kind = head[0] >> 4
                 if kind == 1:  # CONNACK with Receive Maximum (0x21) = 5
                     writer.write(b"\x20\x06\x00\x00\x03\x21\x00\x05")

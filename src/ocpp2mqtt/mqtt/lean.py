@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ocpp2mqtt.config import Settings
-from ocpp2mqtt.mqtt.transport import Incoming, tls_context
+from ocpp2mqtt.mqtt.transport import Incoming, Waits, tls_context
 
 log = logging.getLogger("ocpp2mqtt.mqtt")
 
@@ -154,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self.owner.closed_before_connack()
 
 
-class LeanTransport:
+class LeanTransport(Waits):
     """Connect, reconnect, publish, subscribe. Delivery guarantees are the publisher's."""
 
     def __init__(self, settings: Settings, client_id: str, will_topic: str):
@@ -343,13 +343,6 @@ class LeanTransport:
             task.cancel()
         self._drop()
         self.connected.clear()
-
-    async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     def is_connected(self) -> bool:
         return self._session
@@ -560,11 +553,3 @@ class LeanTransport:
             self.active_subscriptions.add(topic)
         elif granted >= 0x80:
             log.warning("MQTT broker refused the subscription to %s (%#x)", topic, granted)
-
-    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while topic not in self.active_subscriptions:
-            if loop.time() > deadline:
-                raise TimeoutError(f"subscription to {topic} not acknowledged")
-            await asyncio.sleep(0.01)

@@ -86,7 +86,30 @@ class Transport(Protocol):
     async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None: ...
 
 
-class MqttTransport:
+class Waits:
+    """What both connections wait for the same way."""
+
+    connected: asyncio.Event
+    active_subscriptions: set[str]
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
+        """Wait until the broker has acknowledged our subscription to `topic`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while topic not in self.active_subscriptions:
+            if loop.time() > deadline:
+                raise TimeoutError(f"subscription to {topic} not acknowledged")
+            await asyncio.sleep(0.01)
+
+
+class MqttTransport(Waits):
     """Connect, reconnect, publish, subscribe. Delivery guarantees are the publisher's."""
 
     def __init__(self, settings: Settings, client_id: str, will_topic: str):
@@ -217,13 +240,6 @@ class MqttTransport:
         for task in self._tasks:
             task.cancel()
         self.connected.clear()
-
-    async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     # --- the socket on the event loop ---------------------------------------------------
     # paho makes these callbacks on the loop, or — during connect — from the executor
@@ -373,13 +389,4 @@ class MqttTransport:
             _, mid = self._client.subscribe(topic, qos=1)
         if mid is not None:
             self._pending_subscribe[mid] = topic
-
-    async def wait_subscribed(self, topic: str, timeout: float = 10.0) -> None:
-        """Wait until the broker has acknowledged our subscription to `topic`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while topic not in self.active_subscriptions:
-            if loop.time() > deadline:
-                raise TimeoutError(f"subscription to {topic} not acknowledged")
-            await asyncio.sleep(0.01)
 
