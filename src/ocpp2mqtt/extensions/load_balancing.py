@@ -336,7 +336,7 @@ class LoadBalancingExtension(BaseExtension):
             if stale:
                 top = min(top, cfg.failsafe_current)
             active = bool(charging) and mode != "off"
-            if connected:
+            if connected and self.shared is not None:
                 held.append(GroupMember(sid, True, active, top, mode,
                                         None if drawing is None else round(drawing * 2) / 2))
             reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected else 0.0
