@@ -58,6 +58,10 @@ DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.json"
 RAMP_P99_LIMIT_MS = 500.0
 RAMP_MIN_SENT = 0.95
 RAMP_MIN_DELIVERED = 0.99
+# Issue 18's targets hold "on a machine whose bare ceiling is ~14,000 CALLs/s"; machines of
+# one kind differ by 2× from day to day, so CPU figures are also given scaled to that one
+# by the ceiling measured in the same run (closed loop, N = the e2e chargers).
+REFERENCE_CEILING = 14_000
 
 
 @dataclass
@@ -412,6 +416,24 @@ def scenario_e2e(h: Harness, cfg: Config, res: Results) -> None:
         h.sub("unsubscribe", tag="ts", filters=[f"{BASE}/+/state/meter_timestamp"])
         h.sub("unsubscribe", tag="keys", filters=[f"{BASE}/{s}/state/#" for s in sample])
         h.load("close_all", timeout=60)
+    if "e2e" in cfg.scenarios:
+        _e2e_ceiling(h, cfg, res, n)
+
+
+def _e2e_ceiling(h: Harness, cfg: Config, res: Results, n: int) -> None:
+    """This run's bare ceiling, to scale the gateway's CPU at 1,000 × 1/s to the reference
+    machine of issue 18 (CPU time per reading scales with the machine's speed)."""
+    r = _ingest_once(h, cfg, res, "end-to-end ceiling", n, h.ceiling.port, h.ceiling.pid)
+    ceiling = r["calls_per_s"]
+    cpu = res.details["e2e"]["cpu_pct"]["server"]
+    scaled = cpu * ceiling / REFERENCE_CEILING
+    res.details["e2e"]["ceiling_calls_per_s"] = ceiling
+    sc = f"end-to-end {n:,} × {cfg.e2e_rate_per_charger:g}/s, {cfg.e2e_seconds:g} s"
+    res.add("e2e.ceiling_calls_per_s", sc, f"ceiling (bare websockets, N = {n:,}) this run",
+            round(ceiling), "/s")
+    res.add("e2e.gateway_cpu_reference_pct", sc,
+            f"gateway CPU scaled to a {REFERENCE_CEILING:,} CALLs/s ceiling", round(scaled, 1),
+            "%", "≤ 60 %", scaled <= 60)
 
 
 def _e2e_fixed(h: Harness, cfg: Config, res: Results, n: int) -> None:
@@ -429,7 +451,7 @@ def _e2e_fixed(h: Harness, cfg: Config, res: Results, n: int) -> None:
     res.add("e2e.delivered_pct", sc, "readings delivered to subscriber", round(100 * delivered, 2),
             "%", "100 %", delivered >= 0.9999)
     res.add("e2e.p50_ms", sc, "latency p50 (CALL sent → MQTT received)", round(p50, 2), "ms")
-    res.add("e2e.p99_ms", sc, "latency p99", round(p99, 2), "ms", "≤ 50 ms", p99 <= 50)
+    res.add("e2e.p99_ms", sc, "latency p99", round(p99, 2), "ms", "≤ 20 ms", p99 <= 20)
     res.add("e2e.max_ms", sc, "latency max", round(worst, 2), "ms")
     res.add("e2e.gateway_cpu_pct", sc, "gateway CPU", r["cpu_pct"]["server"], "%")
     res.add("e2e.mosquitto_cpu_pct", sc, "mosquitto CPU", r["cpu_pct"]["mosquitto"], "%",
@@ -504,7 +526,7 @@ def _e2e_ramp(h: Harness, cfg: Config, res: Results) -> None:
     sc = f"end-to-end ramp ({cfg.e2e_chargers:,} chargers, {cfg.ramp_seconds:g} s steps)"
     res.add("ramp.best_sustained_per_s", sc,
             f"best sustained full MeterValues/s (p99 ≤ {RAMP_P99_LIMIT_MS:g} ms)", value, "/s",
-            "≥ 1,200/s", value >= 1200)
+            "≥ 3,000/s", value >= 3000)
     if high:
         res.add("ramp.first_not_sustained_per_s", sc, "lowest rate tried that was not sustained",
                 high, "/s")

@@ -21,7 +21,7 @@ EXPECTED = [
     "ingest.10.gateway_calls_per_s", "ingest.10.ceiling_calls_per_s", "ingest.10.ratio_pct",
     "ingest.10.gateway_cpu_pct", "ingest.10.off_calls_per_s", "ingest.10.off_ratio_pct",
     "e2e.p50_ms", "e2e.p99_ms", "e2e.max_ms", "e2e.gateway_cpu_pct", "e2e.delivered_pct",
-    "e2e.per_key_pct",
+    "e2e.per_key_pct", "e2e.ceiling_calls_per_s", "e2e.gateway_cpu_reference_pct",
     "ramp.best_sustained_per_s",
     "storm.answered_s", "storm.on_broker_s", "storm.total_s", "storm.stations_on_broker",
     "memory.50.per_charger_kib", "memory.100.per_charger_kib", "memory.connected",
