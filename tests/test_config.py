@@ -88,6 +88,7 @@ def test_env_file_and_original_formats(monkeypatch, tmp_path):
         ("MQTT_USESTATIONNAME", "perhaps", "MQTT_USESTATIONNAME"),
         ("MQTT_WEBSOCKET_HEADERS", "[1]", "MQTT_WEBSOCKET_HEADERS"),
         ("OCPP_TLS_CERT_FILE", "/nonexistent.pem", "OCPP_TLS_CERT_FILE"),
+        ("MQTT_BATCH_MS", "500", "MQTT_BATCH_MS"),
     ],
 )
 def test_bad_value_stops_startup_naming_the_variable(tmp_path, var, value, needle):

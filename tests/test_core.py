@@ -290,3 +290,21 @@ async def test_messages_of_one_tick_arrive_in_the_order_they_were_published(
     await asyncio.gather(*(recorder.wait_for(t) for t in topics))
     arrived = [m.topic for m in recorder.snapshot() if m.topic in topics]
     assert arrived == topics
+
+
+@pytest.mark.parametrize(("batch_ms", "rows"), [(0, {5}), (100, {1, 2})])
+async def test_mqtt_batch_ms_groups_ticks_into_one_outbox_write(
+        settings_factory, recorder, basepath, batch_ms, rows):
+    # Group commit: the first flush goes at once, the ones after it within MQTT_BATCH_MS
+    # wait for each other (one SQLite commit, one socket write); 0 flushes every tick.
+    # (One row, not two, if the gateway's own start-up messages flushed just before.)
+    async with Gateway(settings_factory(mqtt_batch_ms=batch_ms)) as gw:
+        assert await gw.mqtt.wait_connected(10)
+        await recorder.wait_for(f"{basepath}/bridge/state", "online")
+        first = gw.publisher.outbox._next_seq
+        for n in range(5):
+            gw.publisher.publish(f"{basepath}/batch/{n}", str(n), retain=False, essential=True)
+            await asyncio.sleep(0)  # the next event-loop tick
+        await gw.publisher.durable()
+        assert gw.publisher.outbox._next_seq - first in rows
+        await asyncio.gather(*(recorder.wait_for(f"{basepath}/batch/{n}") for n in range(5)))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -186,8 +187,9 @@ async def test_sigterm_shuts_down_gracefully(broker, tmp_path, basepath):
 def test_outbox_bound_drops_oldest_non_essential_only(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=4000)
     for i in range(50):
-        box.write([(False, [("x/S/state/voltage", str(i), True, 1)]),
-                   (True, [("x/S/state/energy_active_import_register", str(i), True, 1)])], [])
+        # one row per tick, each holding a droppable and an essential message
+        box.write([("x/S/state/voltage", str(i), True, 1, False),
+                   ("x/S/state/energy_active_import_register", str(i), True, 1, True)], [])
     dropped = box.enforce_bound(keep_after=0)
     assert dropped > 0
     left = [m for _, msgs in box.after(0, 1000) for m in msgs]
@@ -196,6 +198,35 @@ def test_outbox_bound_drops_oldest_non_essential_only(tmp_path):
     assert energy == [str(i) for i in range(50)]  # essential: all kept
     assert voltage == [str(i) for i in range(50 - len(voltage), 50)]  # newest kept
     assert box.bytes <= 4000 or not voltage
+    assert (box.rows, box.bytes) == box._db.execute(
+        "SELECT COUNT(*), SUM(size) FROM outbox").fetchone()
+    box.close()
+
+
+def test_outbox_rows_of_an_older_version_are_replayed_and_bounded(tmp_path):
+    # Before 2.6 a row held 4-element messages of one class (the row's `essential`), and
+    # seq was an AUTOINCREMENT column.
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+               " essential INTEGER NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)")
+    for essential, topic in ((0, "x/S/state/voltage"),
+                             (1, "x/S/state/energy_active_import_register")):
+        body = orjson.dumps([[topic, "1", True, 1], [topic, "2", True, 1]])
+        db.execute("INSERT INTO outbox (essential, size, body) VALUES (?, ?, ?)",
+                   (essential, len(body), body))
+    db.close()
+    box = Outbox(path, max_bytes=1)
+    assert [m for _, msgs in box.after(0) for m in msgs] == [
+        ("x/S/state/voltage", "1", True, 1, False), ("x/S/state/voltage", "2", True, 1, False),
+        ("x/S/state/energy_active_import_register", "1", True, 1, True),
+        ("x/S/state/energy_active_import_register", "2", True, 1, True)]
+    assert box.enforce_bound(keep_after=0) == 2
+    assert [m[0] for _, msgs in box.after(0) for m in msgs] == [
+        "x/S/state/energy_active_import_register"] * 2
+    assert box.write([("x/S/state/meter_stop", "3", True, 1, True)], []) == 3  # after the old
+    assert (box.rows, box.bytes) == box._db.execute(
+        "SELECT COUNT(*), SUM(size) FROM outbox").fetchone()
     box.close()
 
 

@@ -304,6 +304,9 @@ class Settings(BaseSettings):
     mqtt_tls_key_file: str = ""
     mqtt_tls_insecure: bool = False
     outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Group commit (mqtt/publisher.py): at most one outbox write and one socket write per
+    # this many milliseconds; a lone message goes at once. 0: every event-loop tick.
+    mqtt_batch_ms: float = Field(3.0, ge=0, le=100)
     mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
     embedded_broker: Literal["auto", "off"] = "auto"
 

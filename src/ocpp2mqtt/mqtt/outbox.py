@@ -3,11 +3,11 @@
 Every QoS≥1 message is written here before the charger gets its answer and
 deleted when the broker's PUBACK arrives, so a broker outage, a SIGTERM or a
 kill -9 loses nothing: what is left is published, in order, after reconnect
-or restart. One row holds all messages of one event-loop tick and class
-(group commit), which keeps SQLite off the hot path's profile.
+or restart. One row holds all messages of one event-loop tick (group commit),
+which keeps SQLite off the hot path's profile.
 
-The queue is bounded (OUTBOX_MAX_BYTES). Over the bound, the oldest
-*non-essential* rows are dropped with a log line; essential rows —
+The queue is bounded (OUTBOX_MAX_BYTES). Over the bound, the *non-essential*
+messages of the oldest rows are dropped with a log line; essential ones —
 transactions, energy registers, command results, as their publisher marks
 them — are never dropped.
 """
@@ -20,7 +20,19 @@ from pathlib import Path
 
 import orjson
 
-Message = tuple[str, str, bool, int]  # topic, payload, retain, qos
+# topic, payload, retain, qos, essential. One tuple per message, as the publisher made it.
+Message = tuple[str, str, bool, int, bool]
+
+
+def _messages(body: bytes, row_essential: int) -> list[Message]:
+    # Rows written before 2.6 hold 4-element messages and one class per row.
+    return [(m[0], m[1], m[2], m[3], bool(m[4]) if len(m) > 4 else bool(row_essential))
+            for m in orjson.loads(body)]
+
+
+_SCHEMA = ("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, essential INTEGER NOT NULL,"
+           " size INTEGER NOT NULL, body BLOB NOT NULL)")
+
 
 class Outbox:
     def __init__(self, path: Path, max_bytes: int):
@@ -33,19 +45,28 @@ class Outbox:
         # would stall for (it showed as p99 latency in bench/). Checkpoint from a
         # background thread instead; commits stay in the WAL and survive kill -9.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        # essential = 1: the row holds only essential messages (nothing the bound may drop).
+        # seq is assigned here, rising within a run (replay order); AUTOINCREMENT, as before
+        # 2.6, cost every insert a second page write (sqlite_sequence): migrated away.
+        schema = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone()
+        if schema and "AUTOINCREMENT" in schema[0].upper():
+            self._db.executescript(
+                "BEGIN; ALTER TABLE outbox RENAME TO outbox_old;"
+                f" {_SCHEMA}; INSERT INTO outbox SELECT seq, essential, size, body FROM outbox_old;"
+                " DROP TABLE outbox_old; COMMIT;")
+        self._db.execute(_SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self.rows, self.bytes = int(row[0]), int(row[1])
+        self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+                             .fetchone()[0]) + 1
+        self.dropped_messages = 0
+        self._sizes: dict[int, int] = {}  # seq → size of rows written by this run
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(path,), name="outbox-checkpoint", daemon=True
         )
         self._checkpointer.start()
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " essential INTEGER NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)"
-        )
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
-        self.rows, self.bytes = int(row[0]), int(row[1])
-        self.dropped_messages = 0
-        self._sizes: dict[int, int] = {}  # seq → size of rows written by this run
 
     def _checkpoint_loop(self, path: Path) -> None:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -67,31 +88,35 @@ class Outbox:
             pass
         self._db.close()
 
-    def write(self, batches: list[tuple[bool, list[Message]]], delivered: list[int]) -> list[int]:
-        """Insert batches and delete delivered rows in one transaction; return new seqs."""
-        seqs = []
+    def write(self, messages: list[Message], delivered: list[int]) -> int:
+        """Insert one row (if there are messages) and delete delivered rows in one
+        transaction; return the new row's seq (0 when none was written)."""
         db = self._db
-        db.execute("BEGIN")
-        try:
-            for essential, messages in batches:
-                body = orjson.dumps(messages)
-                cur = db.execute(
-                    "INSERT INTO outbox (essential, size, body) VALUES (?, ?, ?)",
-                    (int(essential), len(body), body),
-                )
-                assert cur.lastrowid is not None
-                seq = cur.lastrowid
-                seqs.append(seq)
-                self._sizes[seq] = len(body)
-                self.rows += 1
-                self.bytes += len(body)
-            if delivered:
+        seq = 0
+        if messages:
+            body = orjson.dumps(messages)
+            seq = self._next_seq
+            insert = ("INSERT INTO outbox (seq, essential, size, body) VALUES (?, ?, ?, ?)",
+                      (seq, int(all(m[4] for m in messages)), len(body), body))
+        if not delivered:
+            if seq:
+                db.execute(*insert)  # one statement is its own transaction: no BEGIN/COMMIT
+        else:
+            db.execute("BEGIN")
+            try:
+                if seq:
+                    db.execute(*insert)
                 self._delete(delivered)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return seqs
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if seq:
+            self._next_seq = seq + 1
+            self._sizes[seq] = len(body)
+            self.rows += 1
+            self.bytes += len(body)
+        return seq
 
     def _delete(self, seqs: list[int]) -> None:
         sizes = self._sizes
@@ -113,12 +138,14 @@ class Outbox:
 
     def after(self, seq: int, limit: int = 500) -> list[tuple[int, list[Message]]]:
         rows = self._db.execute(
-            "SELECT seq, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            "SELECT seq, essential, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
         ).fetchall()
-        return [(s, [tuple(m) for m in orjson.loads(b)]) for s, b in rows]
+        return [(s, _messages(b, e)) for s, e, b in rows]
 
     def enforce_bound(self, keep_after: int) -> int:
-        """Drop the oldest non-essential rows not yet sent; return how many messages went."""
+        """Drop the non-essential messages of the oldest rows not yet sent, until the
+        outbox fits its bound; return how many messages went."""
         if self.bytes <= self.max_bytes:
             return 0
         dropped = 0
@@ -130,15 +157,27 @@ class Outbox:
             ).fetchall()
             if not rows:
                 break
-            victims, freed = [], 0
-            for seq, size, body in rows:
-                victims.append(seq)
-                freed += size
-                dropped += len(orjson.loads(body))
-                if self.bytes - freed <= self.max_bytes:
-                    break
             self._db.execute("BEGIN")
-            self._delete(victims)
-            self._db.execute("COMMIT")
+            try:
+                for seq, size, body in rows:
+                    messages = _messages(body, 0)
+                    kept = [m for m in messages if m[4]]
+                    dropped += len(messages) - len(kept)
+                    if kept:
+                        new = orjson.dumps(kept)
+                        self._db.execute(
+                            "UPDATE outbox SET essential=1, size=?, body=? WHERE seq=?",
+                            (len(new), new, seq))
+                        self._sizes[seq] = len(new)
+                        self.bytes += len(new) - size
+                    else:
+                        self._sizes.setdefault(seq, size)
+                        self._delete([seq])
+                    if self.bytes <= self.max_bytes:
+                        break
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         self.dropped_messages += dropped
         return dropped

@@ -1,8 +1,8 @@
 """Durable publishing: nothing a charger reported is lost to a broker outage or a crash.
 
 `publish` never awaits the broker: it appends to the current batch; at the end of
-the event-loop tick the batch is written to the outbox (SQLite, one row per tick
-and class) and, when the broker is up, handed to the transport. Sessions
+the event-loop tick the batch is written to the outbox (SQLite, one row per tick)
+and, when the broker is up, handed to the transport. Sessions
 `await durable()` before they answer a charger, so an answered reading is on disk.
 A PUBACK deletes the row. While the broker is away rows accumulate (bounded) and
 are replayed in order after reconnect; after a restart, whatever is left is
@@ -37,10 +37,12 @@ class DurablePublisher:
         self.published = 0
         self.publish_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        # This tick's queued messages in publish order, as runs of one class (essential
-        # or not): one outbox row per run, so the bound can still drop non-essential ones.
-        self._runs: list[tuple[bool, list[Message]]] = []
+        # This tick's messages in publish order (see _flush for which reach the outbox).
+        self._batch: list[Message] = []
+        self._batch_essential = False
         self._flush_scheduled = False
+        self._last_flush = 0.0
+        self._window = settings.mqtt_batch_ms / 1000
         self._durable_waiters: list[asyncio.Future[None]] = []
         self._online = False  # broker up AND backlog replayed: new batches go straight out
         self._last_sent = 0  # highest outbox seq handed to the transport
@@ -134,35 +136,33 @@ class DurablePublisher:
             return
         if isinstance(payload, bytes):
             payload = payload.decode()
-        message = (topic, payload, retain, qos)
-        runs = self._runs
-        if not essential and not runs and self._online and \
-                len(self._mid_seq) < MAX_IN_FLIGHT:
-            # Non-essential state (voltages, last_seen, …) goes straight out while the
-            # broker is up and nothing is queued before it, not even in this tick (an
-            # energy register must not arrive after its meter_timestamp): the transport keeps it
-            # across a reconnect, and the next reading supersedes it anyway. Only a kill -9
-            # in the few milliseconds before the broker's PUBACK can lose one.
-            if self.transport.publish(topic, payload, qos, retain) is None:
-                self.publish_failures += 1
-            return
-        if runs and runs[-1][0] == essential:
-            runs[-1][1].append(message)
-        else:
-            runs.append((essential, [message]))
+        batch = self._batch
+        batch.append((topic, payload, retain, qos, essential))
+        if essential:
+            self._batch_essential = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            assert self._loop is not None, "publish() before start()"
-            self._loop.call_soon(self._flush)
+            loop = self._loop
+            assert loop is not None, "publish() before start()"
+            # Group commit: with a reading or two per tick, as when 1,000 chargers report
+            # once a second, the per-flush costs (a SQLite commit, a socket write, waking
+            # the sessions) were most of the gateway's CPU (bench/README.md). A flush soon
+            # after the last one waits until MQTT_BATCH_MS have passed, for company; one
+            # after a quiet spell goes at once.
+            wait = self._last_flush + self._window - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     @property
     def dirty(self) -> bool:
         """Messages are waiting for this tick's outbox write."""
-        return self._flush_scheduled
+        return self._flush_scheduled and (self._batch_essential or not self._online)
 
     async def durable(self) -> None:
         """Wait until everything published so far is in the outbox on disk."""
-        if not self._flush_scheduled:
+        if not self.dirty:
             return
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
@@ -171,29 +171,28 @@ class DurablePublisher:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        batches, self._runs = self._runs, []
-        tail: list[Message] = []
-        if batches and not batches[-1][0] and self._online and \
-                len(self._mid_seq) < MAX_IN_FLIGHT:
-            # Non-essential messages after the tick's last essential one (a reading's
-            # meter_timestamp, the state document) go out like the direct path, after the
-            # rest, without an outbox row: the order holds and the outbox stays small.
-            tail = batches.pop()[1]
-        try:
-            # Deletions of acknowledged rows are left to _ack_loop: fewer statements here.
-            seqs = self.outbox.write(batches, [])
-        except Exception:
-            log.exception("outbox write failed; publishing without persistence")
-            seqs = [0] * len(batches)
-            self.publish_failures += 1
-        if self._online and len(self._mid_seq) < MAX_IN_FLIGHT:
-            for seq, (_, messages) in zip(seqs, batches, strict=True):
-                self._send(seq, messages)
-            publish = self.transport.publish
-            for topic, payload, retain, qos in tail:
-                if publish(topic, payload, qos, retain) is None:
-                    self.publish_failures += 1
-        elif batches:
+        assert self._loop is not None
+        self._last_flush = self._loop.time()
+        batch, self._batch = self._batch, []
+        online = self._online and len(self._mid_seq) < MAX_IN_FLIGHT
+        # Online, only the essential messages need the disk; the rest (voltages, a
+        # reading's meter_timestamp, the state document) go out with them, in publish
+        # order, without an outbox row. The transport keeps them across a reconnect and
+        # the next reading supersedes them; only a kill -9 in the few milliseconds before
+        # the broker's PUBACK can lose one. Offline, everything waits in the outbox.
+        row = [m for m in batch if m[4]] if online else batch
+        self._batch_essential = False
+        seq = 0
+        if row:
+            try:
+                # Deletions of acknowledged rows are left to _ack_loop: fewer statements here.
+                seq = self.outbox.write(row, [])
+            except Exception:
+                log.exception("outbox write failed; publishing without persistence")
+                self.publish_failures += 1
+        if online:
+            self._send(seq, batch)
+        elif row:
             self._online = False
             dropped = self.outbox.enforce_bound(self._last_sent)
             if dropped and not self._warned_drop:
@@ -213,15 +212,20 @@ class DurablePublisher:
                 fut.set_result(None)
 
     def _send(self, seq: int, messages: list[Message]) -> None:
+        """Hand messages to the transport; the essential ones' acks settle row `seq`."""
         publish = self.transport.publish
+        mid_seq = self._mid_seq
+        online = self._online
         count = 0
-        for topic, payload, retain, qos in messages:
+        for topic, payload, retain, qos, essential in messages:
             mid = publish(topic, payload, qos, retain)
             if mid is None:
                 self.publish_failures += 1
-                continue
-            self._mid_seq[mid] = seq
-            count += 1
+            elif essential or not online:
+                mid_seq[mid] = seq
+                count += 1
+            elif mid:
+                mid_seq[mid] = 0  # no row to settle; counted in flight all the same
         if seq:
             self._remaining[seq] = self._remaining.get(seq, 0) + count
             if count == 0:
@@ -255,6 +259,6 @@ class DurablePublisher:
 
     def queue_depth(self) -> int:
         """Messages not yet acknowledged by the broker (in flight + waiting in the outbox)."""
-        return len(self._mid_seq) + sum(len(m) for _, m in self._runs) + (
+        return len(self._mid_seq) + len(self._batch) + (
             0 if self._online else self.outbox.rows
         )
