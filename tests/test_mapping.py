@@ -316,3 +316,19 @@ def test_charger_clock_goes_to_meter_timestamp_gateway_clock_to_last_seen():
     assert messages["state/meter_timestamp"] == "1970-01-01T00:00:12.500Z"
     assert messages["state/last_seen"] == "2026-11-25T10:00:00Z"
     assert messages["state/energy_active_import_register"] == "1234"
+
+
+def test_normalise_remembers_descriptions_not_values_and_stays_bounded():
+    from ocpp2mqtt.ocpp import meter
+    first = normalise({"value": "1.5", "measurand": "Power.Active.Import", "unit": "kW",
+                       "phase": "L1", "context": "Sample.Periodic"})
+    second = normalise({"value": "2.25", "measurand": "Power.Active.Import", "unit": "kW",
+                        "phase": "L1", "context": "Sample.Periodic"})
+    assert (first.key, first.phase, first.value, first.unit) == (
+        "power_active_import", "l1", 1500.0, "W")
+    assert (second.value, second.unit, second.context) == (2250.0, "W", "Sample.Periodic")
+    # a description that is not text (no schema lets one through) is unusable, not a crash
+    assert normalise({"value": "1", "measurand": "Voltage", "phase": ["L1"]}) is None
+    for n in range(5000):  # a charger inventing a new context for every value
+        normalise({"value": "1", "measurand": "Voltage", "context": f"c{n}"})
+    assert len(meter._descriptions) <= 4097

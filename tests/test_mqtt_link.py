@@ -157,6 +157,36 @@ async def test_publish_before_connect_waits_and_goes_out_once(tmp_path, broker, 
         rec.close()
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_payloads_of_every_length_class_arrive_whole(tmp_path, broker, basepath, protocol):
+    """The remaining length of a PUBLISH is 1 to 4 bytes; each boundary, both protocols,
+    QoS 0 and 1, byte for byte through Mosquitto."""
+    rec = MqttRecorder(broker.port, f"{basepath}/size/#")
+    settings = make_settings(broker.port, basepath, tmp_path / "data", http_enabled=False,
+                             homeassistant_discovery=False, mqtt_protocol=protocol)
+    lengths = [127, 128, 16383, 16384, 2_097_151, 2_097_152]  # remaining lengths
+
+    def message(qos: int, n: int) -> tuple[str, str]:
+        topic = f"{basepath}/size/{qos}/{n}"
+        overhead = 2 + len(topic) + (2 if qos else 0) + (1 if protocol == "5" else 0)
+        size = max(0, lengths[n] - overhead) if n < len(lengths) else 0
+        return topic, (str(n) * size)[:size]
+
+    try:
+        async with Gateway(settings) as gw:
+            assert await gw.mqtt.wait_connected(10)
+            for qos in (0, 1):
+                for n in range(len(lengths) + 1):  # and an empty payload
+                    gw.publisher.publish(*message(qos, n), retain=False, qos=qos)
+            for qos in (0, 1):
+                for n in range(len(lengths) + 1):
+                    topic, payload = message(qos, n)
+                    got = await rec.wait_for(topic)
+                    assert len(got) == len(payload) and got == payload, (qos, n, len(got))
+    finally:
+        rec.close()
+
+
 async def test_mqtt5_keeps_to_the_brokers_receive_maximum(tmp_path, basepath):
     """A broker announcing Receive Maximum 5 may disconnect a client with more QoS 1
     messages in flight (MQTT 5, 3.3.4): 300 at once go out at most 5 unacknowledged at a

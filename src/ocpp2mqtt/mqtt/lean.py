@@ -179,9 +179,10 @@ class LeanTransport(Waits):
         # rest wait (in order) until acknowledgements make room. 3.1.1: no bound here (the
         # publisher keeps its own).
         self._window = 65535
+        self._windowed = False  # a window below 65,535: _in_flight is kept
         self._in_flight: set[int] = set()  # written on this connection, not acknowledged
         self._waiting: collections.deque[int] = collections.deque()
-        self._sent: set[int] = set()  # written at least once (DUP when sent again)
+        self._unsent: set[int] = set()  # never written yet (the others go again with DUP)
         self._next_mid = 0
         self._out: list[bytes] = []
         self._write_scheduled = False
@@ -371,10 +372,11 @@ class LeanTransport(Waits):
                 correlation_data: bytes | None = None) -> int | None:
         """Queue one message; its message id (for `on_ack`; 0 for QoS 0), or None if it
         cannot go out (QoS 0 while disconnected)."""
-        if isinstance(payload, str):
-            payload = payload.encode()
+        if type(payload) is not bytes:
+            payload = payload.encode()  # type: ignore[union-attr]
         raw = topic.encode()
-        enc = len(raw).to_bytes(2, "big") + raw  # not cached: memory per station counts more
+        # topic length, topic: not cached, memory per station counts more
+        enc = len(raw).to_bytes(2, "big") + raw
         props = b""
         if self.v5:
             props = b"\x00"
@@ -387,35 +389,50 @@ class LeanTransport(Waits):
             body_len = len(enc) + len(props) + len(payload)
             self._queue(bytes([0x30 | retain]) + varint(body_len) + enc + props + payload)
             return 0
-        mid = self._mid()
+        # The next free message id; almost always the one after the last.
+        mid = self._next_mid % 65535 + 1
+        if mid in self._unacked or mid in self._pending_sub:
+            mid = self._mid()
+        self._next_mid = mid
         body_len = len(enc) + 2 + len(props) + len(payload)
-        packet = b"".join((bytes([0x30 | (qos << 1) | retain]), varint(body_len), enc,
-                           mid.to_bytes(2, "big"), props, payload))
+        # remaining length as a variable byte integer: 1 or 2 bytes for all but huge payloads
+        head = (bytes((0x30 | (qos << 1) | retain, body_len)) if body_len < 128 else
+                bytes((0x30 | (qos << 1) | retain, body_len & 0x7F | 0x80, body_len >> 7))
+                if body_len < 16384 else
+                bytes((0x30 | (qos << 1) | retain,)) + varint(body_len))
+        packet = b"".join((head, enc, mid.to_bytes(2, "big"), props, payload))
         self._unacked[mid] = packet
-        if self._session and not self._waiting and len(self._in_flight) < self._window:
-            self._in_flight.add(mid)
-            self._sent.add(mid)
-            self._queue(packet)
-        elif self._session:
-            self._waiting.append(mid)
+        if self._session and not self._waiting and (
+                not self._windowed or len(self._in_flight) < self._window):
+            if self._windowed:
+                self._in_flight.add(mid)
+            self._out.append(packet)
+            if not self._write_scheduled:
+                self._write_scheduled = True
+                asyncio.get_running_loop().call_soon(self._write)
+        else:
+            self._unsent.add(mid)
+            if self._session:
+                self._waiting.append(mid)
         return mid
 
     def _release(self) -> None:
         """Write waiting QoS 1/2 messages while the broker's window has room."""
         waiting, unacked, in_flight = self._waiting, self._unacked, self._in_flight
-        while waiting and len(in_flight) < self._window:
+        while waiting and (not self._windowed or len(in_flight) < self._window):
             mid = waiting.popleft()
             if mid not in unacked:
                 continue
             packet = unacked[mid]
             if packet is None:  # PUBREC arrived before: release it again
                 self._queue(b"\x62\x02" + mid.to_bytes(2, "big"))
-            elif mid in self._sent:
-                self._queue(bytes([packet[0] | 0x08]) + packet[1:])
-            else:
-                self._sent.add(mid)
+            elif mid in self._unsent:
+                self._unsent.discard(mid)
                 self._queue(packet)
-            in_flight.add(mid)
+            else:
+                self._queue(bytes([packet[0] | 0x08]) + packet[1:])
+            if self._windowed:
+                in_flight.add(mid)
 
     def _mid(self) -> int:
         mid = self._next_mid
@@ -433,8 +450,8 @@ class LeanTransport(Waits):
             mid = (buf[start] << 8) | buf[start + 1]
             if mid in self._unacked:
                 del self._unacked[mid]
-                self._sent.discard(mid)
-                self._in_flight.discard(mid)
+                if self._windowed:
+                    self._in_flight.discard(mid)
                 if self._waiting:
                     self._release()
                 if mid == self._offline_mid:
@@ -480,6 +497,7 @@ class LeanTransport(Waits):
         if self.v5 and end - start > 2:
             props, _ = read_properties(buf, start + 2)
             self._window = max(1, int(props.get(0x21, 65535)))  # Receive Maximum
+        self._windowed = self._window < 65535
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(buf[start + 1])
 

@@ -24,33 +24,65 @@ LOW_PRIORITY_CONTEXTS = frozenset(
 
 def normalise(sampled: Mapping[str, Any]) -> Reading | None:
     """One SampledValue (1.6 wire names) → a Reading in published units, or None if unusable."""
-    measurand = sampled.get("measurand")
-    if not measurand:
-        # The OCPP default is the energy register; a value in amps or volts is not one.
-        if sampled.get("format") != "SignedData" and sampled.get("unit") not in ENERGY_UNITS:
-            return None
-        measurand = DEFAULT_MEASURAND
-    key = MEASURAND_KEYS.get(measurand)
+    get = sampled.get
+    fmt = get("format")
+    description = (get("measurand"), get("phase"), get("unit"), fmt == "SignedData",
+                   get("context"), get("location"))
+    try:
+        found = _descriptions.get(description)
+        if found is None:
+            found = _describe(*description)
+    except TypeError:  # not text (the schemas let none through): unusable
+        return None
+    key, measurand, phase_key, unit, factor = found
     if key is None:
         return None
-    phase = sampled.get("phase")
-    phase_key = phase.lower().replace("-", "_") if isinstance(phase, str) and phase else None
-    raw = sampled.get("value", "")
-    context, location = sampled.get("context"), sampled.get("location")
-    if sampled.get("format") == "SignedData":
-        return Reading(key, measurand, phase_key, str(raw), None, context, location, True)
-    unit = sampled.get("unit") or default_unit(measurand)
+    raw = get("value", "")
+    if fmt == "SignedData":
+        return Reading(key, measurand, phase_key, str(raw), None, description[4],
+                       description[5], True)
     try:
         number = float(raw)
     except (TypeError, ValueError):
         return None
     if not math.isfinite(number):
         return None
+    if factor:
+        number = round(number * factor, DECIMALS)
+    return Reading(key, measurand, phase_key, number, unit, description[4], description[5],
+                   False)
+
+
+# Chargers describe their values the same way every time: what a description means
+# (key, measurand, phase, unit, scale) is worked out once. Bounded: descriptions are
+# the charger's text.
+_descriptions: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_UNUSABLE = (None, None, None, None, None)
+
+
+def _describe(measurand: Any, phase: Any, unit: Any, signed: bool, context: Any,
+              location: Any) -> tuple[Any, ...]:
+    description = (measurand, phase, unit, signed, context, location)
+    if len(_descriptions) > 4096:
+        _descriptions.clear()
+    if not measurand:
+        # The OCPP default is the energy register; a value in amps or volts is not one.
+        if not signed and unit not in ENERGY_UNITS:
+            _descriptions[description] = _UNUSABLE
+            return _UNUSABLE
+        measurand = DEFAULT_MEASURAND
+    key = MEASURAND_KEYS.get(measurand) if isinstance(measurand, str) else None
+    if key is None:
+        _descriptions[description] = _UNUSABLE
+        return _UNUSABLE
+    phase_key = phase.lower().replace("-", "_") if isinstance(phase, str) and phase else None
+    unit = unit or default_unit(measurand)
+    factor = None
     scale = UNIT_SCALE.get(unit) if unit else None
     if scale:
         unit, factor = scale
-        number = round(number * factor, DECIMALS)
-    return Reading(key, measurand, phase_key, number, unit, context, location, False)
+    found = _descriptions[description] = (key, measurand, phase_key, unit, factor)
+    return found
 
 
 def _priority_order(sampled_values: list[Any]) -> list[Any]:
