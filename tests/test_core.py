@@ -308,3 +308,22 @@ async def test_mqtt_batch_ms_groups_ticks_into_one_outbox_write(
         await gw.publisher.durable()
         assert gw.publisher.outbox._next_seq - first in rows
         await asyncio.gather(*(recorder.wait_for(f"{basepath}/batch/{n}") for n in range(5)))
+
+
+async def test_a_flush_every_recent_charger_waits_for_goes_at_once(settings_factory, recorder,
+                                                                    basepath):
+    # MQTT_BATCH_MS waits for company; a charger alone waits for its answer and sends
+    # nothing meanwhile, so waiting for it would only slow it down (a closed loop of
+    # MeterValues ran at one per window).
+    async with Gateway(settings_factory(mqtt_batch_ms=100)) as gw:
+        st = await connect_station(f"ws://127.0.0.1:{gw.port}", "Alone")
+        try:
+            await recorder.wait_for(f"{basepath}/Alone/state/connection_state", "CONNECTED")
+            before = gw.publisher.batched_flushes
+            for n in range(10):
+                await st.cp.call(call.MeterValues(connector_id=1, meter_value=[
+                    {"timestamp": TS, "sampledValue": [{"value": str(n), "unit": "Wh"}]}]))
+            assert gw.publisher.batched_flushes == before
+            await recorder.wait_for(f"{basepath}/Alone/state/energy_active_import_register", "9")
+        finally:
+            await st.close()

@@ -69,9 +69,9 @@ class BothDurable:
     def dirty(self) -> bool:
         return self.publisher.dirty or self.shared.dirty
 
-    async def durable(self) -> None:
+    async def durable(self, who: object = None) -> None:
         if self.publisher.dirty:
-            await self.publisher.durable()
+            await self.publisher.durable(who)
         if self.shared.dirty:
             await self.shared.durable()
 

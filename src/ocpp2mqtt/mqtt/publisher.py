@@ -26,6 +26,7 @@ log = logging.getLogger("ocpp2mqtt.mqtt")
 
 # MQTT message ids are 16-bit: never have more than this many unacknowledged.
 MAX_IN_FLIGHT = 20000
+COMPANY_PERIOD = 0.1  # seconds over which the sessions waiting for flushes are counted
 ACK_INTERVAL = 0.05  # PUBACKs are settled in batches: one outbox delete per interval
 
 
@@ -43,6 +44,12 @@ class DurablePublisher:
         self._flush_scheduled = False
         self._last_flush = 0.0
         self._window = settings.mqtt_batch_ms / 1000
+        self._timer: asyncio.TimerHandle | None = None  # a flush waiting for company
+        self.batched_flushes = 0  # flushes that waited the whole window
+        self._waiting: set[int] = set()  # sessions waiting for the coming flush
+        self._company: set[int] = set()  # sessions that waited in this period
+        self._company_before = 0  # … and how many in the one before
+        self._company_until = 0.0
         self._durable_waiters: list[asyncio.Future[None]] = []
         self._online = False  # broker up AND backlog replayed: new batches go straight out
         self._last_sent = 0  # highest outbox seq handed to the transport
@@ -148,10 +155,11 @@ class DurablePublisher:
             # once a second, the per-flush costs (a SQLite commit, a socket write, waking
             # the sessions) were most of the gateway's CPU (bench/README.md). A flush soon
             # after the last one waits until MQTT_BATCH_MS have passed, for company; one
-            # after a quiet spell goes at once.
+            # after a quiet spell goes at once, and so does one that every charger heard
+            # from lately already waits for (`durable`): nobody else is coming.
             wait = self._last_flush + self._window - loop.time()
             if wait > 0:
-                loop.call_later(wait, self._flush)
+                self._timer = loop.call_later(wait, self._flush)
             else:
                 loop.call_soon(self._flush)
 
@@ -160,19 +168,37 @@ class DurablePublisher:
         """Messages are waiting for this tick's outbox write."""
         return self._flush_scheduled and (self._batch_essential or not self._online)
 
-    async def durable(self) -> None:
-        """Wait until everything published so far is in the outbox on disk."""
+    async def durable(self, who: object = None) -> None:
+        """Wait until everything published so far is in the outbox on disk. `who`: the
+        session waiting (its charger waits for the answer, and sends nothing meanwhile)."""
         if not self.dirty:
             return
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[None] = loop.create_future()
         self._durable_waiters.append(fut)
+        if who is not None:
+            key = id(who)
+            self._company.add(key)
+            self._waiting.add(key)
+            if self._timer is not None and \
+                    len(self._waiting) >= max(len(self._company), self._company_before):
+                self._timer.cancel()
+                self._timer = None
+                loop.call_soon(self._flush)
         await fut
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         assert self._loop is not None
-        self._last_flush = self._loop.time()
+        now = self._last_flush = self._loop.time()
+        if self._timer is not None:
+            self._timer = None
+            self.batched_flushes += 1
+        self._waiting.clear()
+        if now >= self._company_until:  # who waited lately: this period and the last
+            self._company_before, self._company = len(self._company), set()
+            self._company_until = now + COMPANY_PERIOD
         batch, self._batch = self._batch, []
         online = self._online and len(self._mid_seq) < MAX_IN_FLIGHT
         # Online, only the essential messages need the disk; the rest (voltages, a

@@ -50,7 +50,7 @@ class Durability(Protocol):
     @property
     def dirty(self) -> bool: ...
 
-    def durable(self) -> Awaitable[None]: ...
+    def durable(self, who: object = None) -> Awaitable[None]: ...
 
 
 class Decision(Protocol):
@@ -169,7 +169,7 @@ class Session:
                 if reply is not None:
                     if durability.dirty:
                         # Answer only once what the charger reported is on disk.
-                        await durability.durable()
+                        await durability.durable(self)
                     if debug:
                         log.debug("%s ← %s", self.station, reply[:2000])
                     if frames is not None:
@@ -256,7 +256,7 @@ class Session:
                 if reply is None:
                     continue
                 if durability.dirty:
-                    await durability.durable()
+                    await durability.durable(self)
                 if self.services.frames is not None:
                     self.services.frames.record(self.station, True, reply)
                 await self.ws.send(reply)
