@@ -10,8 +10,8 @@ tick but one (two ticks in flight). Measured: CPU µs per message of the publish
 process (user + system, all threads) and messages/s.
 
 - `gateway` — the gateway's MQTT connection (`ocpp2mqtt.mqtt.lean.LeanTransport`).
-- `paho` — paho-mqtt driven by the event loop (`ocpp2mqtt.mqtt.transport.MqttTransport`:
-  the gateway's connection before issue 18, and still for MQTT over WebSockets).
+- `paho` — paho-mqtt driven by the event loop (`bench/paho_transport.py`): the gateway's
+  connection before issue 18 (until 2.5 for MQTT over WebSockets).
 - `aiomqtt` — paho-mqtt under aiomqtt's asyncio wrapper (if installed).
 - `gmqtt` — an asyncio-native client (if installed).
 - `lean` — the floor: an asyncio Protocol that writes a whole tick's PUBLISH packets
@@ -60,7 +60,7 @@ def _cpu() -> float:
 
 # --- candidates ------------------------------------------------------------------------------
 async def run_paho(port: int, msgs: list[tuple[str, bytes]]) -> None:
-    from ocpp2mqtt.mqtt.transport import MqttTransport
+    from bench.paho_transport import MqttTransport
 
     await _run_transport(MqttTransport, port, msgs)
 
@@ -215,7 +215,7 @@ async def _ticks(msgs: list[tuple[str, bytes]], publish: Callable[[str, bytes], 
 
 
 IMPORTS = {"gateway": ("ocpp2mqtt.config", "ocpp2mqtt.mqtt.lean"),
-           "paho": ("ocpp2mqtt.config", "ocpp2mqtt.mqtt.transport"),
+           "paho": ("ocpp2mqtt.config", "bench.paho_transport"),
            "aiomqtt": ("aiomqtt",), "gmqtt": ("gmqtt", "gmqtt.storage"), "lean": ()}
 RUNNERS = {"gateway": run_gateway, "paho": run_paho, "aiomqtt": run_aiomqtt,
            "gmqtt": run_gmqtt, "lean": run_lean}

@@ -42,9 +42,18 @@ def own_broker(tmp_path):
     mosq.close()
 
 
-async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path, basepath):
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, basepath, transport):
+    # persistence: the recorder's QoS 1 session survives the broker's restart
+    conf = f"persistence true\npersistence_location {tmp_path}/\n"
+    overrides: dict = {}
+    if transport == "websockets":
+        ws_port = free_port()
+        conf += f"listener {ws_port} 127.0.0.1\nprotocol websockets\n"
+        overrides = dict(mqtt_transport="websockets", mqtt_port=ws_port)
+    own_broker = Mosquitto(extra_conf=conf).start()
     settings = make_settings(own_broker.port, basepath, tmp_path / "data",
-                             http_enabled=False, homeassistant_discovery=False)
+                             http_enabled=False, homeassistant_discovery=False, **overrides)
     energy = f"{basepath}/OUT/state/energy_active_import_register"
     rec = MqttRecorder(own_broker.port, f"{basepath}/#", client_id=f"rec-{uuid.uuid4().hex}")
     try:
@@ -78,6 +87,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(own_broker, tmp_path,
         assert len(got) - len(first) <= 5
     finally:
         rec.close()
+        own_broker.close()
 
 
 def start_gateway_process(broker_port: int, basepath: str, data_dir: Path, port: int,

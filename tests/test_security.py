@@ -96,13 +96,21 @@ async def test_tls_profile_2(settings_factory, tmp_path):
                                      subprotocols=["ocpp1.6"], open_timeout=5)
 
 
-async def test_mqtt_over_tls(tmp_path, basepath):
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+async def test_mqtt_over_tls(tmp_path, basepath, transport):
     cert, key = make_cert(tmp_path)
-    mosq = Mosquitto(extra_conf=f"cafile {cert}\ncertfile {cert}\nkeyfile {key}\n").start()
+    tls = f"cafile {cert}\ncertfile {cert}\nkeyfile {key}\n"
+    overrides: dict = {}
+    conf = tls
+    if transport == "websockets":  # wss://
+        ws_port = free_port()
+        conf += f"listener {ws_port} 127.0.0.1\nprotocol websockets\n{tls}"
+        overrides = dict(mqtt_transport="websockets", mqtt_port=ws_port)
+    mosq = Mosquitto(extra_conf=conf).start()
     try:
         settings = make_settings(mosq.port, basepath, tmp_path / "data", mqtt_tls=True,
                                  mqtt_tls_ca_file=str(cert), http_enabled=False,
-                                 homeassistant_discovery=False)
+                                 homeassistant_discovery=False, **overrides)
         rec = MqttRecorder(mosq.port, f"{basepath}/#", ca_certs=str(cert))
         try:
             async with Gateway(settings) as gw:
@@ -122,13 +130,13 @@ def test_mqtt_tls_verifies_by_default(tmp_path):
     # verification stays on unless MQTT_TLS_INSECURE=true
     cert, _ = make_cert(tmp_path)
     settings = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True)
-    from ocpp2mqtt.mqtt.transport import MqttTransport
+    from ocpp2mqtt.mqtt.transport import tls_context
 
-    ctx = MqttTransport(settings, "c", "w")._tls_context()
+    ctx = tls_context(settings)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     insecure = make_settings(1883, "x", tmp_path / "d", mqtt_tls=True, mqtt_tls_insecure=True,
                              mqtt_tls_ca_file=str(cert))
-    ctx = MqttTransport(insecure, "c", "w")._tls_context()
+    ctx = tls_context(insecure)
     assert ctx.verify_mode == ssl.CERT_NONE
 
 

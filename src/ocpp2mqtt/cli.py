@@ -42,7 +42,7 @@ def setup_logging(settings: Settings) -> None:
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     # Library chatter stays at WARNING unless we debug.
-    for name in ("websockets", "ocpp2mqtt.paho"):
+    for name in ("websockets",):
         logging.getLogger(name).setLevel(
             logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
         )

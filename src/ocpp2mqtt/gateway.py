@@ -38,7 +38,7 @@ from ocpp2mqtt.mqtt.lean import LeanTransport
 from ocpp2mqtt.mqtt.outbox import Outbox
 from ocpp2mqtt.mqtt.publisher import DurablePublisher
 from ocpp2mqtt.mqtt.router import TopicRouter
-from ocpp2mqtt.mqtt.transport import MqttTransport, Transport
+from ocpp2mqtt.mqtt.transport import Transport
 from ocpp2mqtt.ocpp.admission import Admission
 from ocpp2mqtt.ocpp.server import OcppServer
 from ocpp2mqtt.ocpp.session import Durability, SessionServices
@@ -87,10 +87,8 @@ class Gateway:
         self.started_at = utc_now(precise=True)
         self.metrics = Metrics()
         self.topics = Topics(s)
-        # The lean MQTT connection (mqtt/lean.py); paho's for MQTT over WebSockets.
-        link = MqttTransport if s.mqtt_transport == "websockets" else LeanTransport
-        self.mqtt: Transport = link(s, s.mqtt_client_id or f"ocpp2mqtt-{self.instance_id}",
-                                    self.topics.bridge_state)
+        self.mqtt: Transport = LeanTransport(
+            s, s.mqtt_client_id or f"ocpp2mqtt-{self.instance_id}", self.topics.bridge_state)
         self.publisher = DurablePublisher(
             s, self.mqtt, Outbox(s.data_dir / "outbox.sqlite3", s.outbox_max_bytes))
         self.router = TopicRouter(self.mqtt, on_error=lambda name, exc:
@@ -238,7 +236,9 @@ class Gateway:
     def _context(self, name: str) -> GatewayContext:
         return GatewayContext(
             name=name, failed=self.host.failed, settings=self.settings, topics=self.topics,
-            publish_fn=self.publisher.publish, subscribe_fn=self.router.subscribe,
+            publish_fn=self.publisher.publish,
+            publish_retained_fn=self.publisher.publish_retained,
+            subscribe_fn=self.router.subscribe,
             call_fn=self.commands.call_station, stations_=self.stations, now_fn=utc_now,
             spawn_fn=self.spawn, requests=self._requests,
             connected_fn=self.mqtt.connected.is_set,
