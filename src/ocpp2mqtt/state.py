@@ -248,6 +248,15 @@ class _Writer:
             if m is None:
                 m = meter[r.key] = Measurement(r.measurand)
                 update.structural = True
+            if r.unit is not None and r.unit != m.unit:
+                update.structural = True
+                m.unit = r.unit
+            m.measurand = r.measurand
+            m.context = r.context or DEFAULT_CONTEXT
+            if r.location is not None:
+                m.location = r.location
+            if timestamp is not None:
+                m.timestamp = timestamp
             if r.signed:
                 text = str(r.value)
                 if r.phase is None:
@@ -273,17 +282,6 @@ class _Writer:
             if changes is not None:
                 changes.append((keys.get((name, None, where, False)) or key(name, None, where),
                                 total))
-        for r in sample.readings:
-            m = meter[r.key]
-            if r.unit is not None and r.unit != m.unit:
-                update.structural = True
-                m.unit = r.unit
-            m.measurand = r.measurand
-            m.context = r.context or DEFAULT_CONTEXT
-            if r.location is not None:
-                m.location = r.location
-            if timestamp is not None:
-                m.timestamp = timestamp
 
 
 def apply(state: StationState, event: ev.Event) -> StateUpdate:

@@ -84,6 +84,9 @@ class Context(Protocol):
     def publish(self, topic: str, payload: str | bytes, *, retain: bool = True,
                 qos: int | None = None, essential: bool = False) -> None: ...
 
+    def publish_retained(self, messages: list[tuple[str, str, bool]]) -> None:
+        """Several retained messages at MQTT_QOS, in order: (topic, payload, essential)."""
+
     def subscribe(self, topic_filter: str,
                   handler: Callable[[Incoming], None]) -> Callable[[], None]: ...
 
@@ -115,6 +118,7 @@ class GatewayContext:
     settings: Settings
     topics: Topics
     publish_fn: Callable[..., None]
+    publish_retained_fn: Callable[[list[tuple[str, str, bool]]], None]
     subscribe_fn: Callable[[str, Callable[[Incoming], None]], Callable[[], None]]
     call_fn: Callable[[str, str, dict[str, Any]], Awaitable[Any]]
     stations_: Stations
@@ -124,12 +128,16 @@ class GatewayContext:
     connected_fn: Callable[[], bool]
 
     def __post_init__(self) -> None:
-        # Publishing is the hot path: the publisher's own method, without a forwarding call.
+        # Publishing is the hot path: the publisher's own methods, without a forwarding call.
         self.publish = self.publish_fn  # type: ignore[method-assign]
+        self.publish_retained = self.publish_retained_fn  # type: ignore[method-assign,assignment]
 
     def publish(self, topic: str, payload: str | bytes, *, retain: bool = True,
                 qos: int | None = None, essential: bool = False) -> None:
         self.publish_fn(topic, payload, retain=retain, qos=qos, essential=essential)
+
+    def publish_retained(self, messages: list[tuple[str, str, bool]]) -> None:
+        self.publish_retained_fn(messages)
 
     def subscribe(self, topic_filter: str,
                   handler: Callable[[Incoming], None]) -> Callable[[], None]:

@@ -83,16 +83,18 @@ class StateTopicsExtension(BaseExtension):
         if not update.changes:
             return
         prefix = self.ctx.topics.prefix(event.station)
-        publish = self.ctx.publish
         last = self.last_payloads
-        for subtopic, payload, essential in render(state, update.changes):
-            topic = f"{prefix}/{subtopic}"
-            if last is not None:
-                # MQTT_PUBLISH_UNCHANGED=false: a retained topic already holds this value.
-                if last.get(topic) == payload:
-                    continue
-                last[topic] = payload
-            publish(topic, payload, essential=essential)
+        messages = [(f"{prefix}/{subtopic}", payload, essential)
+                    for subtopic, payload, essential in render(state, update.changes)]
+        if last is not None:
+            # MQTT_PUBLISH_UNCHANGED=false: a retained topic already holds this value.
+            fresh = []
+            for message in messages:
+                if last.get(message[0]) != message[1]:
+                    last[message[0]] = message[1]
+                    fresh.append(message)
+            messages = fresh
+        self.ctx.publish_retained(messages)
 
     def on_mqtt_connected(self) -> None:
         # After a reconnect the broker may have lost its retained messages: publish every

@@ -143,25 +143,44 @@ class DurablePublisher:
             return
         if isinstance(payload, bytes):
             payload = payload.decode()
-        batch = self._batch
-        batch.append((topic, payload, retain, qos, essential))
+        self._batch.append((topic, payload, retain, qos, essential))
         if essential:
             self._batch_essential = True
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop = self._loop
-            assert loop is not None, "publish() before start()"
-            # Group commit: with a reading or two per tick, as when 1,000 chargers report
-            # once a second, the per-flush costs (a SQLite commit, a socket write, waking
-            # the sessions) were most of the gateway's CPU (bench/README.md). A flush soon
-            # after the last one waits until MQTT_BATCH_MS have passed, for company; one
-            # after a quiet spell goes at once, and so does one that every charger heard
-            # from lately already waits for (`durable`): nobody else is coming.
-            wait = self._last_flush + self._window - loop.time()
-            if wait > 0:
-                self._timer = loop.call_later(wait, self._flush)
-            else:
-                loop.call_soon(self._flush)
+            self._schedule_flush()
+
+    def publish_retained(self, messages: list[tuple[str, str, bool]]) -> None:
+        """`publish` of retained messages at MQTT_QOS, in order: (topic, payload, essential)
+        each. One call for the per-key topics of a reading."""
+        qos = self.settings.mqtt_qos
+        if qos == 0:
+            for topic, payload, essential in messages:
+                self.publish(topic, payload, essential=essential)
+            return
+        self.published += len(messages)
+        append = self._batch.append
+        for topic, payload, essential in messages:
+            append((topic, payload, True, qos, essential))
+            if essential:
+                self._batch_essential = True
+        if messages and not self._flush_scheduled:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        loop = self._loop
+        assert loop is not None, "publish() before start()"
+        # Group commit: with a reading or two per tick, as when 1,000 chargers report
+        # once a second, the per-flush costs (a SQLite commit, a socket write, waking
+        # the sessions) were most of the gateway's CPU (bench/README.md). A flush soon
+        # after the last one waits until MQTT_BATCH_MS have passed, for company; one
+        # after a quiet spell goes at once, and so does one that every charger heard
+        # from lately already waits for (`durable`): nobody else is coming.
+        wait = self._last_flush + self._window - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self._flush)
+        else:
+            loop.call_soon(self._flush)
 
     @property
     def dirty(self) -> bool:

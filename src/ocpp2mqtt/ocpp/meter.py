@@ -85,12 +85,21 @@ def _describe(measurand: Any, phase: Any, unit: Any, signed: bool, context: Any,
     return found
 
 
-def _priority_order(sampled_values: list[Any]) -> list[Any]:
-    if any(isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS
-           for s in sampled_values):
-        return sorted(sampled_values, key=lambda s: not (
-            isinstance(s, dict) and s.get("context") in LOW_PRIORITY_CONTEXTS))
-    return sampled_values
+def _readings(sampled_values: list[Any]) -> list[Reading]:
+    """The usable readings of one sample; those of another moment (Transaction.Begin, …)
+    first, so the live value of a key is the one that stays."""
+    out = []
+    later = False
+    for sampled in sampled_values:
+        if isinstance(sampled, dict):
+            reading = normalise(sampled)
+            if reading is not None:
+                out.append(reading)
+                if reading.context in LOW_PRIORITY_CONTEXTS:
+                    later = True
+    if later:
+        out.sort(key=lambda r: r.context not in LOW_PRIORITY_CONTEXTS)  # stable
+    return out
 
 
 def samples(entries: Iterable[Mapping[str, Any]]) -> list[Sample]:
@@ -108,11 +117,8 @@ def samples(entries: Iterable[Mapping[str, Any]]) -> list[Sample]:
             merged[-1][1].extend(sampled)
         else:
             merged.append((timestamp, sampled))
-    return [
-        Sample(None if timestamp is None else str(timestamp),
-               [r for r in map(normalise, _priority_order(sampled)) if r is not None])
-        for timestamp, sampled in merged
-    ]
+    return [Sample(None if timestamp is None else str(timestamp), _readings(sampled))
+            for timestamp, sampled in merged]
 
 
 def sampled_2x(sampled: Mapping[str, Any]) -> list[dict[str, Any]]:
