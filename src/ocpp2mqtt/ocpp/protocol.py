@@ -329,10 +329,9 @@ def quick_validator(package: str, name: str, lenient: bool) -> Callable[[Any], b
 def validator(package: str, name: str, lenient: bool) -> Callable[[Any], Any]:
     """Validator for schema `name` of `package` (e.g. "ocpp.v16", "MeterValues"): returns
     for a valid payload, raises JsonSchemaValueException for an invalid one."""
-    full = full_validator(package, name, lenient)
     quick = quick_validator(package, name, lenient)
     if quick is None:
-        return full
+        return full_validator(package, name, lenient)
 
     def validate(payload: Any) -> None:
         try:
@@ -340,7 +339,8 @@ def validator(package: str, name: str, lenient: bool) -> Callable[[Any], Any]:
                 return
         except (ValueError, OverflowError, TypeError):
             pass  # a value jsonschema-rs cannot take: the full validator decides
-        full(payload)
+        # compiled on first need (~20 ms each): a fresh gateway's first chargers wait less
+        full_validator(package, name, lenient)(payload)
 
     return validate
 
