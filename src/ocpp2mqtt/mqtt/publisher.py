@@ -1,15 +1,16 @@
 """Durable publishing: nothing a charger reported is lost to a broker outage or a crash.
 
-`publish` never awaits the broker: it appends to the current batch; at the end of
-the event-loop tick the batch is written to the outbox (SQLite, one row per tick)
-and, when the broker is up, handed to the transport. Sessions
-`await durable()` before they answer a charger, so an answered reading is on disk.
-A PUBACK deletes the row. While the broker is away rows accumulate (bounded) and
-are replayed in order after reconnect; after a restart, whatever is left is
-replayed too.
+`publish` never awaits the broker: it appends to the current batch. At the end of the
+event-loop tick (or within MQTT_BATCH_MS, see `_schedule_flush`) the batch's essential
+messages are written to the outbox (SQLite, one row) and, when the broker is up, the
+whole batch is handed to the transport in publish order; while the broker is away,
+every message goes to the outbox. Sessions `await durable()` before they answer a
+charger, so an answered reading's energy and transaction are on disk. A PUBACK
+deletes the row. While the broker is away rows accumulate (bounded) and are replayed
+in order after reconnect; after a restart, whatever is left is replayed too.
 
 Whoever publishes says whether a message is *essential* (transactions, energy
-registers, command results): over OUTBOX_MAX_BYTES only non-essential rows are
+registers, command results): over OUTBOX_MAX_BYTES only non-essential messages are
 dropped, oldest first.
 """
 
