@@ -25,11 +25,22 @@ class TopicRouter:
         self.transport = transport
         self._exact: dict[str, list[Handler]] = {}
         self._wildcards: dict[str, list[Handler]] = {}
+        # The text before a filter's first wildcard: a topic without it cannot match, and
+        # startswith is much cheaper than topic_matches_sub (a fresh station's discovery
+        # documents come back to us: thousands of messages in a reconnect storm).
+        self._prefixes: dict[str, str] = {}
         self._on_error = on_error
         transport.on_message = self.dispatch
 
     def subscribe(self, topic_filter: str, handler: Handler) -> Callable[[], None]:
-        table = self._wildcards if ("+" in topic_filter or "#" in topic_filter) else self._exact
+        wildcard = "+" in topic_filter or "#" in topic_filter
+        table = self._wildcards if wildcard else self._exact
+        if wildcard:
+            cut = min(i for i in (topic_filter.find("+"), topic_filter.find("#")) if i >= 0)
+            prefix = topic_filter[:cut]
+            if topic_filter[cut] == "#":
+                prefix = prefix.removesuffix("/")  # "a/#" matches "a" too
+            self._prefixes[topic_filter] = prefix
         handlers = table.setdefault(topic_filter, [])
         handlers.append(handler)
         if len(handlers) == 1:
@@ -44,6 +55,8 @@ class TopicRouter:
             handlers.remove(handler)
             if not handlers and table.get(topic_filter) is handlers:
                 del table[topic_filter]
+                if wildcard:
+                    del self._prefixes[topic_filter]
                 self.transport.unsubscribe(topic_filter)
 
         return unsubscribe
@@ -53,8 +66,10 @@ class TopicRouter:
 
     def dispatch(self, message: Incoming) -> None:
         handlers = list(self._exact.get(message.topic, ()))
+        topic, prefixes = message.topic, self._prefixes
         for topic_filter, more in self._wildcards.items():
-            if topic_matches_sub(topic_filter, message.topic):
+            if topic.startswith(prefixes[topic_filter]) and \
+                    topic_matches_sub(topic_filter, topic):
                 handlers.extend(more)
         for handler in handlers:
             try:
