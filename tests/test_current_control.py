@@ -263,6 +263,7 @@ class Fuse:
         self.metered = 0.0
         self.violations: list[str] = []
         self.before = {id(s.charger): s.offered for s in sims}
+        self.history: list[str] = []  # every change, for the message of a violation
         for s in sims:
             s.charger.on_profile = self._changed
 
@@ -273,12 +274,14 @@ class Fuse:
         now = charger.limit()[0]
         rose = now > self.before.get(id(charger), 0.0) + 1e-6
         self.before[id(charger)] = now
+        charging = {s.charger.station: s.offered for s in self.sims if s.charger.tx is not None}
+        self.history.append(f"{charger.station} → {now} A; charging cars offered {charging}")
         if rose and self.offered() > self.max_current - self.metered + 1e-6:
             self.violations.append(f"{charger.station} → {now} A: Σ {self.offered()} A with "
                                    f"{self.metered} A metered")
 
     def check(self) -> None:
-        assert not self.violations, self.violations
+        assert not self.violations, (self.violations, self.history[-12:])
         assert self.offered() <= self.max_current - self.metered + 1e-6
 
 
