@@ -281,7 +281,8 @@ class Fuse:
                                    f"{self.metered} A metered")
 
     def check(self) -> None:
-        assert not self.violations, (self.violations, self.history[-12:])
+        assert not self.violations, "\n".join(["violations:", *self.violations,
+                                                "last changes:", *self.history[-16:]])
         assert self.offered() <= self.max_current - self.metered + 1e-6
 
 
