@@ -402,3 +402,48 @@ async def test_a_stop_on_another_replica_while_the_database_is_away_gets_its_ene
                 await st.close()
     finally:
         pg.close()
+
+
+async def test_a_station_new_to_a_replica_holds_its_share_until_its_status_comes(
+        settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
+    """A charging station that moves to another replica charges on; until its status
+    arrives there, that replica does not know whether its car charges, and must not give
+    its share away (it did: the share went to 0 and the others rose over the fuse)."""
+    from ocpp2mqtt.extensions.load_balancing import LoadBalancingExtension
+
+    url = postgres.new_database()
+    ids = ["HS1", "HS2", "HS3"]
+    group = [{"name": "hold", "max_current": 24, "failsafe_current": 6,
+              "stations": [{"id": sid, "max_current": 16} for sid in ids]}]
+    async with replicas(settings_factory, tmp_path, url,
+                        load_balancing=orjson.dumps(group).decode()) as (a, b), \
+            stations(f"ws://127.0.0.1:{a.port}", ids[:2]) as on_a, \
+            stations(f"ws://127.0.0.1:{b.port}", ids[2:]) as on_b:
+        sims = on_a + on_b
+        fuse = Fuse(sims, 24)
+        fg = {sid: Remote(recorder, f"{basepath}/{sid}") for sid in ids}
+        for remote in fg.values():
+            await connected(remote)
+        await fg["HS1"].command("start_charging")
+        await settle(recorder, basepath, "hold", sims, {"HS1": 16}, fuse)
+        await fg["HS3"].command("start_charging")
+        await settle(recorder, basepath, "hold", sims, {"HS1": 12, "HS3": 12}, fuse)
+        await fg["HS2"].command("start_charging")
+        await settle(recorder, basepath, "hold", sims, {sid: 8 for sid in ids}, fuse)
+        # HS1's charger loses A and comes back on B, saying nothing yet (no status).
+        moving = on_a[0]
+        moving.charger.cfg.url = "ws://127.0.0.1:9"  # its own reconnects go nowhere
+        await a.server.sessions["HS1"].ws.close()
+        await until(lambda: "HS1" not in a.server.sessions, "HS1 gone from A")
+        quiet = await connect_station(f"ws://127.0.0.1:{b.port}", "HS1")
+        try:
+            await until(lambda: b.host.stations.get("HS1").connected, "HS1 on replica B")
+            balancer = b.host.extension(LoadBalancingExtension)
+            await balancer._balance(balancer.groups["hold"])
+            share = rows(url, "SELECT share FROM group_members WHERE grp='hold' AND"
+                              " station='HS1'")[0][0]
+            assert share == 8, share  # what its car may still draw
+            assert balancer.groups["hold"].allocations["HS1"] == 8
+            fuse.check()
+        finally:
+            await quiet.close()

@@ -37,7 +37,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -56,6 +56,10 @@ from ocpp2mqtt.store.postgres import GroupMember, GroupView, SharedStore, StoreU
 log = logging.getLogger("ocpp2mqtt.load_balancing")
 
 TICK = 1.0  # s between looks when nothing happens (renewals, stale meters, solar timers)
+# s a charger that connected may take to report its status (OCPP 1.6 chargers send one
+# after BootNotification; after a mere reconnect some send none): until then it holds what
+# it held (a car may charge on through a reconnect).
+UNSURE_FOR = 30.0
 RETRY_AFTER = 60.0  # s before a station whose charger refused its share is asked again
 # A car's current follows a new limit within seconds; a reading older than that says
 # nothing about what it would draw now.
@@ -79,6 +83,9 @@ class _Group:
     caps: dict[str, float] = field(default_factory=dict)  # set_current_limit on a member
     allocations: dict[str, float] = field(default_factory=dict)
     reserved: dict[str, tuple[float, float]] = field(default_factory=dict)  # → (until, A)
+    # Connected, but no status since: whether its car charges is not known yet (it may
+    # have charged on through a reconnect, or a move to this replica) → until (loop time).
+    unsure: dict[str, float] = field(default_factory=dict)
     failsafe: set[str] = field(default_factory=set)  # stations whose failsafe is in place
     refused: dict[str, tuple[float, float]] = field(default_factory=dict)  # → (until, A)
     announced: set[str] = field(default_factory=set)  # charge_mode published this run
@@ -204,7 +211,8 @@ class LoadBalancingExtension(BaseExtension):
         if kind is ev.Booted:
             g.failsafe.discard(station)  # a rebooted charger may have lost it: set it again
         elif kind is ev.Connected:
-            g.reserved.pop(station, None)
+            # What it held stays held until its status says whether its car charges.
+            g.unsure[station] = asyncio.get_running_loop().time() + UNSURE_FOR
             if self.shared is not None:
                 # Another replica may have held it: its flags were read at connect.
                 store = self.control.store
@@ -217,9 +225,13 @@ class LoadBalancingExtension(BaseExtension):
                 mode = g.modes.get(station, "fast")
                 self.ctx.defer(lambda: self.control.emit(
                     ev.ChargeModeChanged(station, self.ctx.now(), mode=mode)))
+        elif kind is ev.StatusChanged:
+            if g.unsure.pop(station, None) is not None:
+                g.reserved.pop(station, None)
         elif kind is ev.MeterReading:
             g.read_at[station] = asyncio.get_running_loop().time()
         elif kind is ev.Disconnected:
+            g.unsure.pop(station, None)
             given = g.allocations.get(station, 0.0)
             if given > 0:
                 # It charges on without us: on its share until the profile lapses, then on
@@ -305,6 +317,10 @@ class LoadBalancingExtension(BaseExtension):
         for station, (until, _) in list(g.reserved.items()):
             if until <= now:
                 del g.reserved[station]
+        for station, until in list(g.unsure.items()):
+            if until <= now:  # no status after all: the state as it is decides
+                del g.unsure[station]
+                g.reserved.pop(station, None)
         demands: list[Demand] = []
         targets: dict[str, int] = {}  # connected stations with a car → charging connectors
         connected_ids: list[str] = []
@@ -317,7 +333,7 @@ class LoadBalancingExtension(BaseExtension):
             mode = g.modes.get(sid, "fast")
             if connected:
                 connected_ids.append(sid)
-            if connected and charging:
+            if connected and charging and sid not in g.unsure:
                 targets[sid] = charging
             top = min(member.max_current or self.ctx.settings.current_limit_max,
                       g.caps.get(sid, math.inf))
@@ -339,7 +355,8 @@ class LoadBalancingExtension(BaseExtension):
             if connected and self.shared is not None:
                 held.append(GroupMember(sid, True, active, top, mode,
                                         None if drawing is None else round(drawing * 2) / 2))
-            reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected else 0.0
+            unsure = sid in g.unsure
+            reserved = g.reserved.get(sid, (0.0, 0.0))[1] if not connected or unsure else 0.0
             demands.append(Demand(sid, member.priority, member.min_current, top,
                                   active=active, reserved=reserved,
                                   steps=self.ctx.settings.steps_for(sid)))
@@ -349,6 +366,9 @@ class LoadBalancingExtension(BaseExtension):
                 g.max_current = view.max_current  # set through another replica
             demands = [self._elsewhere(g, d, view.members.get(d.station), stale)
                        if d.station not in g.written else d for d in demands]
+            # Moved here from another replica, status not yet known: its recorded share.
+            demands = [replace(d, reserved=max(d.reserved, self._recorded(g, d.station)))
+                       if d.station in g.unsure else d for d in demands]
         capacity = g.max_current - metered
         solar_rows = [(d.station, mode, m.phases, m.min_current)
                       for d, m in zip(demands, cfg.stations, strict=True)
@@ -478,7 +498,7 @@ class LoadBalancingExtension(BaseExtension):
             if g.view is None:  # the database is away: nothing may rise
                 return
             for sid in connected:
-                if sid not in targets and self._recorded(g, sid) > 0:
+                if sid not in targets and sid not in g.unsure and self._recorded(g, sid) > 0:
                     await self._shared_record(g, sid, 0.0)
             for sid, amps, connectors in decreases:
                 if sid not in g.refused and amps * connectors < self._recorded(g, sid):
