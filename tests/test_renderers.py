@@ -67,8 +67,8 @@ class FakeContext:
     def spawn(self, coro):
         raise AssertionError("no tasks expected")
 
-    def defer(self, fn: Callable[[], None]) -> None:
-        self.deferred.append(fn)
+    def defer(self, fn: Callable[[], None], delay: float = 0.0) -> None:
+        self.deferred.append(fn)  # tick() runs them, delayed or not
 
     def handle_request(self, name: str, handler: RequestHandler) -> None:
         self.requests[name] = handler

@@ -100,8 +100,9 @@ class Context(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
-    def defer(self, fn: Callable[[], None]) -> None:
-        """Run `fn` once this event-loop tick is done (coalescing), fault-isolated."""
+    def defer(self, fn: Callable[[], None], delay: float = 0.0) -> None:
+        """Run `fn` once this event-loop tick is done (coalescing), or after `delay`
+        seconds, fault-isolated."""
 
     def handle_request(self, name: str, handler: RequestHandler) -> None: ...
 
@@ -175,8 +176,11 @@ class GatewayContext:
             self.failed(self.name)
             return None
 
-    def defer(self, fn: Callable[[], None]) -> None:
-        asyncio.get_running_loop().call_soon(self._run, fn)
+    def defer(self, fn: Callable[[], None], delay: float = 0.0) -> None:
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._run, fn)
+        else:
+            asyncio.get_running_loop().call_soon(self._run, fn)
 
     def _run(self, fn: Callable[[], None]) -> None:
         try:
