@@ -235,6 +235,26 @@ async def poll_owner(url: str, station: str, owner: str | None) -> None:
     await poll(check, f"station_owners[{station}] == {owner}")
 
 
+@contextlib.asynccontextmanager
+async def split_group(settings_factory: Any, tmp_path: Any, url: str, recorder: MqttRecorder,
+                      basepath: str, name: str, ids: list[str], fuse_amps: float,
+                      on_a: int) -> AsyncIterator[tuple[Gateway, Gateway, list, Fuse, dict]]:
+    """One load-balancing group over two replicas: the first `on_a` chargers (simulated,
+    16 A each) on A, the rest on B, all connected; a fuse watcher over all of them."""
+    group = [{"name": name, "max_current": fuse_amps, "failsafe_current": 6,
+              "stations": [{"id": sid, "max_current": 16} for sid in ids]}]
+    async with replicas(settings_factory, tmp_path, url,
+                        load_balancing=orjson.dumps(group).decode()) as (a, b), \
+            stations(f"ws://127.0.0.1:{a.port}", ids[:on_a]) as sims_a, \
+            stations(f"ws://127.0.0.1:{b.port}", ids[on_a:]) as sims_b:
+        sims = sims_a + sims_b
+        fuse = Fuse(sims, fuse_amps)
+        remotes = {sid: Remote(recorder, f"{basepath}/{sid}") for sid in ids}
+        for remote in remotes.values():
+            await connected(remote)
+        yield a, b, sims, fuse, remotes
+
+
 async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
         settings_factory, tmp_path, postgres: Postgres, recorder: MqttRecorder, basepath):
     """Four chargers on one 32 A fuse, two held by each replica; cars arrive and a
@@ -243,17 +263,8 @@ async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
     converge on one fair allocation."""
     url = postgres.new_database()
     ids = ["FG1", "FG2", "FG3", "FG4"]
-    group = [{"name": "depot", "max_current": 32, "failsafe_current": 6,
-              "stations": [{"id": sid, "max_current": 16} for sid in ids]}]
-    async with replicas(settings_factory, tmp_path, url,
-                        load_balancing=orjson.dumps(group).decode()) as (a, b), \
-            stations(f"ws://127.0.0.1:{a.port}", ids[:2]) as on_a, \
-            stations(f"ws://127.0.0.1:{b.port}", ids[2:]) as on_b:
-        sims = on_a + on_b
-        fuse = Fuse(sims, 32)
-        fg = {sid: Remote(recorder, f"{basepath}/{sid}") for sid in ids}
-        for remote in fg.values():
-            await connected(remote)
+    async with split_group(settings_factory, tmp_path, url, recorder, basepath, "depot", ids,
+                           32, on_a=2) as (a, b, sims, fuse, fg):
         await fg["FG1"].command("start_charging")
         await fg["FG3"].command("start_charging")
         await settle(recorder, basepath, "depot", sims, {"FG1": 16, "FG3": 16}, fuse)
@@ -264,7 +275,7 @@ async def test_a_group_spread_over_two_replicas_never_overloads_its_fuse(
         await fg["FG4"].command("start_charging")
         await settle(recorder, basepath, "depot", sims, {sid: 8 for sid in ids}, fuse)
         # A charging station moves from A to B (its car charges on).
-        moving = on_a[0]
+        moving = sims[0]  # the first charger on A
         moving.charger.cfg.url = f"ws://127.0.0.1:{b.port}"
         await a.server.sessions["FG1"].ws.close()
         await until(lambda: "FG1" in b.server.sessions, "FG1 on replica B")
@@ -413,17 +424,8 @@ async def test_a_station_new_to_a_replica_holds_its_share_until_its_status_comes
 
     url = postgres.new_database()
     ids = ["HS1", "HS2", "HS3"]
-    group = [{"name": "hold", "max_current": 24, "failsafe_current": 6,
-              "stations": [{"id": sid, "max_current": 16} for sid in ids]}]
-    async with replicas(settings_factory, tmp_path, url,
-                        load_balancing=orjson.dumps(group).decode()) as (a, b), \
-            stations(f"ws://127.0.0.1:{a.port}", ids[:2]) as on_a, \
-            stations(f"ws://127.0.0.1:{b.port}", ids[2:]) as on_b:
-        sims = on_a + on_b
-        fuse = Fuse(sims, 24)
-        fg = {sid: Remote(recorder, f"{basepath}/{sid}") for sid in ids}
-        for remote in fg.values():
-            await connected(remote)
+    async with split_group(settings_factory, tmp_path, url, recorder, basepath, "hold", ids,
+                           24, on_a=2) as (a, b, sims, fuse, fg):
         await fg["HS1"].command("start_charging")
         await settle(recorder, basepath, "hold", sims, {"HS1": 16}, fuse)
         await fg["HS3"].command("start_charging")
@@ -431,7 +433,7 @@ async def test_a_station_new_to_a_replica_holds_its_share_until_its_status_comes
         await fg["HS2"].command("start_charging")
         await settle(recorder, basepath, "hold", sims, {sid: 8 for sid in ids}, fuse)
         # HS1's charger loses A and comes back on B, saying nothing yet (no status).
-        moving = on_a[0]
+        moving = sims[0]  # the first charger on A
         moving.charger.cfg.url = "ws://127.0.0.1:9"  # its own reconnects go nowhere
         await a.server.sessions["HS1"].ws.close()
         await until(lambda: "HS1" not in a.server.sessions, "HS1 gone from A")
