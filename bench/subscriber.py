@@ -47,7 +47,9 @@ class Recorder:
     def _on_message(self, client, userdata, msg) -> None:
         if msg.retain:
             return
-        record = (time.time(), self.tag, msg.topic, msg.payload)
+        # Tags ending in "#size" keep the payload's length: Home Assistant documents are KiBs.
+        payload = len(msg.payload) if self.tag.endswith("#size") else msg.payload
+        record = (time.time(), self.tag, msg.topic, payload)
         with self.lock:
             self.records.append(record)
 

@@ -7,6 +7,8 @@ stands in for MQTT. The end-to-end tests (test_homeassistant.py) stay as they ar
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,13 @@ import pytest
 from ocpp2mqtt import events as ev
 from ocpp2mqtt.config import Settings
 from ocpp2mqtt.extensions import BridgeResponse, ExtensionHost, RequestHandler
-from ocpp2mqtt.extensions.homeassistant import HomeAssistantExtension
+from ocpp2mqtt.extensions.homeassistant import (
+    DISCOVERY_CHUNK,
+    DISCOVERY_CHUNK_GAP,
+    DISCOVERY_DELAY,
+    DISCOVERY_MAX_WAIT,
+    HomeAssistantExtension,
+)
 from ocpp2mqtt.extensions.state_document import StateDocumentExtension
 from ocpp2mqtt.extensions.state_document import render as render_document
 from ocpp2mqtt.mqtt.transport import Incoming
@@ -41,7 +49,10 @@ class FakeContext:
         self.published: list[tuple[str, str, bool]] = []
         self.handlers: dict[str, Callable[[Incoming], None]] = {}
         self.requests: dict[str, RequestHandler] = {}
-        self.deferred: list[Callable[[], None]] = []
+        # A fake timer: (due, seq, fn); `clock` moves only in tick() and advance().
+        self.deferred: list[tuple[float, int, Callable[[], None]]] = []
+        self.clock = 0.0
+        self._seq = itertools.count()
 
     def publish(self, topic: str, payload: str | bytes, *, retain: bool = True,
                 qos: int | None = None, essential: bool = False) -> None:
@@ -68,7 +79,7 @@ class FakeContext:
         raise AssertionError("no tasks expected")
 
     def defer(self, fn: Callable[[], None], delay: float = 0.0) -> None:
-        self.deferred.append(fn)  # tick() runs them, delayed or not
+        heapq.heappush(self.deferred, (self.clock + delay, next(self._seq), fn))
 
     def handle_request(self, name: str, handler: RequestHandler) -> None:
         self.requests[name] = handler
@@ -78,10 +89,18 @@ class FakeContext:
         return True
 
     def tick(self) -> None:
-        """The end of an event-loop tick: run what was deferred."""
-        deferred, self.deferred = self.deferred, []
-        for fn in deferred:
+        """Time passes until everything deferred so far has run (and what that deferred)."""
+        while self.deferred:
+            self.advance(self.deferred[0][0] - self.clock)
+
+    def advance(self, seconds: float) -> None:
+        """`seconds` pass: what falls due runs, in order."""
+        until = self.clock + seconds
+        while self.deferred and self.deferred[0][0] <= until:
+            due, _, fn = heapq.heappop(self.deferred)
+            self.clock = max(self.clock, due)
             fn()
+        self.clock = until
 
     def last(self, topic: str) -> Any:
         texts = [text for t, text, _ in self.published if t == topic]
@@ -208,6 +227,7 @@ def test_document_extension_publishes_once_per_tick():
 async def ready_ha(**overrides: Any) -> tuple[HomeAssistantExtension, ExtensionHost, FakeContext]:
     ext = HomeAssistantExtension()
     host, ctx = host_with(ext, **overrides)
+    ext.clock = lambda: ctx.clock
     host.mqtt_connected()  # publishes a marker and waits for it to come back
     token = next(text for t, text, _ in ctx.published if t == ctx.topics.discovery_sync)
     ctx.handlers[ctx.topics.discovery_sync](Incoming(ctx.topics.discovery_sync,
@@ -291,6 +311,73 @@ async def test_remove_station_request():
     ctx.tick()
     comps = ctx.last(CONFIG)["components"]
     assert "connection_state" in comps and "restart" not in comps
+
+
+def _documents(ctx: FakeContext) -> list[str]:
+    """The stations whose discovery documents were published, in order."""
+    return [t.split("/")[-2] for t, text, _ in ctx.published
+            if t.startswith("homeassistant/device/ocpp2mqtt/") and text]
+
+
+async def test_discovery_waits_until_stations_are_quiet_and_no_longer_than_the_cap():
+    ext, host, ctx = await ready_ha()
+    # One charger: its connect and boot, closer than DISCOVERY_DELAY, make one document.
+    host.emit(ev.Connected("CP1", AT, gateway="gw1"))
+    ctx.advance(DISCOVERY_DELAY * 0.6)
+    host.emit(ev.Booted("CP1", AT, info=ev.BootInfo(vendor="ACME", model="X")))
+    ctx.advance(DISCOVERY_DELAY * 0.9)
+    assert _documents(ctx) == []  # 1.5 × the delay after the first change: not yet quiet
+    ctx.advance(DISCOVERY_DELAY * 0.2)
+    assert _documents(ctx) == ["CP1"]
+
+    # A storm: a station every 50 ms for 1 s, each booting 150 ms after it connected. A
+    # fixed delay after the first change would publish most of them twice.
+    step = 0.05
+    for i in range(20):
+        host.emit(ev.Connected(f"S{i}", AT, gateway="gw1"))
+        if i >= 3:
+            host.emit(ev.Booted(f"S{i - 3}", AT, info=ev.BootInfo(vendor="ACME", model="X")))
+        ctx.advance(step)
+    for i in range(17, 20):
+        host.emit(ev.Booted(f"S{i}", AT, info=ev.BootInfo(vendor="ACME", model="X")))
+    assert _documents(ctx) == ["CP1"]
+    ctx.tick()
+    storm = _documents(ctx)[1:]
+    assert sorted(storm) == sorted(f"S{i}" for i in range(20))  # one document each
+    assert all(ctx.last(f"homeassistant/device/ocpp2mqtt/S{i}/config")["device"]["model"]
+               == "X" for i in range(20))
+
+    # Changes that never stop still publish within DISCOVERY_MAX_WAIT.
+    first = ctx.clock
+    published = len(ctx.published)
+    i = 0
+    while len(ctx.published) == published:
+        host.emit(ev.Connected(f"T{i}", AT, gateway="gw1"))
+        ctx.advance(step)
+        i += 1
+    assert DISCOVERY_MAX_WAIT <= ctx.clock - first <= DISCOVERY_MAX_WAIT + step
+    assert ext.published == len(_documents(ctx))
+
+
+async def test_discovery_goes_out_in_chunks():
+    _ext, host, ctx = await ready_ha()
+    n = 2 * DISCOVERY_CHUNK + 20
+    for i in range(n):
+        host.emit(ev.Connected(f"S{i:03d}", AT, gateway="gw1"))
+    ctx.advance(DISCOVERY_DELAY)
+    assert len(_documents(ctx)) == DISCOVERY_CHUNK
+    ctx.advance(DISCOVERY_CHUNK_GAP)
+    assert len(_documents(ctx)) == 2 * DISCOVERY_CHUNK
+    ctx.advance(DISCOVERY_CHUNK_GAP)
+    assert _documents(ctx) == [f"S{i:03d}" for i in range(n)]
+    # Home Assistant's birth message: every document again, though the broker has them,
+    # in chunks too.
+    ctx.published.clear()
+    ctx.handlers[ctx.topics.discovery_status](
+        Incoming(ctx.topics.discovery_status, b"online", False))
+    assert len(_documents(ctx)) == DISCOVERY_CHUNK
+    ctx.tick()
+    assert _documents(ctx) == [f"S{i:03d}" for i in range(n)]
 
 
 def test_the_extension_example_in_the_docs_runs():

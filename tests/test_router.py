@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from paho.mqtt.client import topic_matches_sub
 
-from ocpp2mqtt.mqtt.router import TopicRouter
+from ocpp2mqtt.mqtt.router import TopicRouter, filter_levels, matches
 from ocpp2mqtt.mqtt.transport import Incoming
 
 FILTERS = ["#", "a/#", "a/+", "a/+/c", "+/b", "+/+/c", "a/b/c", "$SYS/#", "ha/+/+/config",
-           "ha/sensor/#", "x/y/#", "+"]
+           "ha/sensor/#", "x/y/#", "+", "+/#", "$SYS/+", "+/+", "/#", "/+", "a/b/#", "a/+/#",
+           "+/+/+/+", "a//c", "/", "$SYS", "a/b"]
 TOPICS = ["a", "a/", "a/b", "a/b/c", "a/b/c/d", "ab", "ab/c", "x/b", "x/y", "x/y/z", "b",
-          "$SYS/load", "$SYS", "ha/sensor/cp1/config", "ha/switch/cp1/config", "/b", "a//c", ""]
+          "$SYS/load", "$SYS", "ha/sensor/cp1/config", "ha/switch/cp1/config", "/b", "a//c", "",
+          "/", "//", "$SYS/", "$SYS/a/b", "a/b/", "x/y/", "$", "$a/b", "+", "a/+", "#"]
 
 
 class Link:
@@ -36,3 +38,9 @@ def test_dispatch_reaches_exactly_the_matching_filters():
         router.dispatch(Incoming(topic, b"", False))
         assert sorted(f for f, _ in got) == sorted(
             f for f in FILTERS if topic_matches_sub(f, topic)), topic
+
+
+def test_matching_agrees_with_paho_on_every_pair():
+    for f in FILTERS:
+        for topic in TOPICS:
+            assert matches(filter_levels(f), topic) == topic_matches_sub(f, topic), (f, topic)

