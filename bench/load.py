@@ -68,9 +68,11 @@ class Load:
         return charger
 
     async def cmd_connect(self, host: str, port: int, names: list[str], boot: bool = False,
-                          concurrency: int = 100, open_timeout: float = 60.0) -> dict:
+                          concurrency: int = 100, open_timeout: float = 60.0,
+                          pids: dict[str, int] | None = None) -> dict:
         """Connect chargers (at most `concurrency` handshakes at once; 0 = all at once),
-        optionally each answering BootNotification then StatusNotification."""
+        optionally each answering BootNotification then StatusNotification; with `pids`,
+        also the CPU each process used meanwhile."""
         sem = asyncio.Semaphore(concurrency) if concurrency else contextlib.nullcontext()
         done_at: list[float] = []
         opened_at: list[float] = []
@@ -83,12 +85,15 @@ class Load:
             done_at.append(time.time())
             return charger
 
+        cpu0, m0 = (cpu_snapshot(pids) if pids else None), time.monotonic()
         t0 = time.time()
         results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        cpu = (cpu_percent(cpu0, cpu_snapshot(pids), time.monotonic() - m0)
+               if pids and cpu0 is not None else None)
         ok = [r for r in results if isinstance(r, Charger)]
         errors = [repr(r) for r in results if not isinstance(r, Charger)]
         self.chargers.extend(ok)
-        return {
+        return {"cpu_pct": cpu,
             "t0": t0, "last_done": max(done_at, default=t0), "seconds": time.time() - t0,
             "opened_s": _spread(opened_at, t0), "done_s": _spread(done_at, t0),
             "connected": len(ok), "failed": len(errors), "errors": errors[:3],
