@@ -427,24 +427,30 @@ def scenario_e2e(h: Harness, cfg: Config, res: Results) -> None:
         h.sub("unsubscribe", tag="ts", filters=[f"{BASE}/+/state/meter_timestamp"])
         h.sub("unsubscribe", tag="keys", filters=[f"{BASE}/{s}/state/#" for s in sample])
         h.load("close_all", timeout=60)
-    if "e2e" in cfg.scenarios:
-        _e2e_ceiling(h, cfg, res, n)
+    _e2e_ceiling(h, cfg, res, n)
 
 
 def _e2e_ceiling(h: Harness, cfg: Config, res: Results, n: int) -> None:
-    """This run's bare ceiling, to scale the gateway's CPU at 1,000 × 1/s to the reference
-    machine of issue 18 (CPU time per reading scales with the machine's speed)."""
+    """This run's bare ceiling, to scale the end-to-end figures to the reference machine of
+    issue 18: CPU time per reading and the sustained rate scale with the machine's speed
+    (roughly: the ramp also shares the machine with Mosquitto, load and subscriber)."""
     r = _ingest_once(h, cfg, res, "end-to-end ceiling", n, h.ceiling.port, h.ceiling.pid)
     ceiling = r["calls_per_s"]
-    cpu = res.details["e2e"]["cpu_pct"]["server"]
-    scaled = cpu * ceiling / REFERENCE_CEILING
-    res.details["e2e"]["ceiling_calls_per_s"] = ceiling
     sc = f"end-to-end {n:,} × {cfg.e2e_rate_per_charger:g}/s, {cfg.e2e_seconds:g} s"
     res.add("e2e.ceiling_calls_per_s", sc, f"ceiling (bare websockets, N = {n:,}) this run",
             round(ceiling), "/s")
-    res.add("e2e.gateway_cpu_reference_pct", sc,
-            f"gateway CPU scaled to a {REFERENCE_CEILING:,} CALLs/s ceiling", round(scaled, 1),
-            "%", "≤ 60 %", scaled <= 60)
+    if "e2e" in res.details:
+        res.details["e2e"]["ceiling_calls_per_s"] = ceiling
+        scaled = res.details["e2e"]["cpu_pct"]["server"] * ceiling / REFERENCE_CEILING
+        res.add("e2e.gateway_cpu_reference_pct", sc,
+                f"gateway CPU scaled to a {REFERENCE_CEILING:,} CALLs/s ceiling",
+                round(scaled, 1), "%", "≤ 60 %", scaled <= 60)
+    best = res.figures.get("ramp.best_sustained_per_s")
+    if best is not None:
+        rate = best.value * REFERENCE_CEILING / ceiling
+        res.add("ramp.best_sustained_reference_per_s", sc,
+                f"best sustained, scaled to a {REFERENCE_CEILING:,} CALLs/s ceiling",
+                round(rate), "/s", "≥ 3,000/s", rate >= 3000)
 
 
 def _e2e_fixed(h: Harness, cfg: Config, res: Results, n: int) -> None:

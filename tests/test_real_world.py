@@ -260,6 +260,21 @@ async def test_handshake_variants_are_accepted(
         assert is_now(await recorder.wait_for(f"{basepath}/{station}/state/heartbeat"))
 
 
+async def test_a_charger_offering_compression_gets_none_and_is_served(gateway, url):
+    """Chargers whose WebSocket client offers permessage-deflate (the websockets and
+    Java-WebSocket clients do by default): the gateway declines it (its zlib state is
+    ~100 KiB per connection, bench: memory) and the charger works uncompressed."""
+    async with websockets.connect(f"{url}/CPZ", subprotocols=["ocpp1.6"],
+                                  compression="deflate") as ws:
+        assert ws.request is not None and "permessage-deflate" in ws.request.headers.get(
+            "Sec-WebSocket-Extensions", "")
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert ws.protocol.extensions == []
+        await ws.send(json.dumps([2, "hb-1", "Heartbeat", {}]))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))[:2] == [3, "hb-1"]
+
+
 async def test_missing_subprotocol_refused_when_strict(settings_factory):
     """OCPP_STRICT_SUBPROTOCOL=true refuses the Grizzl-E 05.x handshake (no subprotocol)."""
     gw = Gateway(settings_factory(ocpp_strict_subprotocol=True))
