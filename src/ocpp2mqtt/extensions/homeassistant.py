@@ -72,7 +72,7 @@ ORIGIN = {"name": "ocpp2mqtt", "sw_version": __version__}
 # chargers' own answers, instead of two or three during them).
 DISCOVERY_DELAY = 0.1  # s
 DISCOVERY_MAX_WAIT = 2.0  # s
-# Documents (a few KiB each) go out in chunks, a tick apart: the broker's PUBACKs free the
+# Documents (a few KiB each) go out in chunks 10 ms apart: the broker's PUBACKs free the
 # ones before while the next are rendered. 1,000 at once held ~9 MB in flight, and the
 # process kept that memory (bench: RSS per idle charger 27 KiB instead of 19).
 DISCOVERY_CHUNK = 50

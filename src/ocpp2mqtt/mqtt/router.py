@@ -49,7 +49,7 @@ class TopicRouter:
         self._exact: dict[str, list[Handler]] = {}
         self._wildcards: dict[str, list[Handler]] = {}
         # The text before a filter's first wildcard: a topic without it cannot match, and
-        # startswith is much cheaper than topic_matches_sub (a fresh station's discovery
+        # startswith is cheaper than matching level by level (a fresh station's discovery
         # documents come back to us: thousands of messages in a reconnect storm).
         self._prefixes: dict[str, str] = {}
         self._levels: dict[str, tuple[str, ...]] = {}
