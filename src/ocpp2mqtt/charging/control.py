@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -132,11 +132,13 @@ class CurrentControl:
                 if handle is not None:
                     handle.cancel()
 
-    def slot(self, station: str) -> _Slot:
+    def slot(self, station: str, flags: Mapping[str, str] | None = None) -> _Slot:
+        """`flags`: the station's, if already read (`Store.flags`)."""
         found = self._slots.get(station)
         if found is None:
             slot = self._slots[station] = _Slot()
-            raw = self.store.flag(station, PHASES_FLAG, "")
+            raw = (flags.get(PHASES_FLAG, "") if flags is not None
+                   else self.store.flag(station, PHASES_FLAG, ""))
             slot.phases = int(raw) if raw.isdigit() else None
             return slot
         return found
@@ -150,10 +152,13 @@ class CurrentControl:
         kind = type(event)
         if kind is ev.Booted:
             assert isinstance(event, ev.Booted)
-            slot = self.slot(event.station)
+            flags = None
+            if event.station not in self._slots or event.station not in self._knowledge:
+                flags = self.store.flags(event.station)  # one read: a storm boots thousands
+            slot = self.slot(event.station, flags)
             slot.in_force = None  # a rebooted charger may have lost what we set
             slot.valid_until = None
-            known = self.knowledge(event.station)
+            known = self.knowledge(event.station, flags)
             firmware = event.info.firmware_version
             if known.probed and firmware and known.firmware not in (None, firmware):
                 log.info("%s: firmware %s → %s: asking again what it supports",
@@ -174,10 +179,11 @@ class CurrentControl:
         self.ctx.defer(lambda: self.emit(event))  # not from inside another event's handlers
 
     # --- what the charger takes -------------------------------------------------------
-    def knowledge(self, station: str) -> kn.Knowledge:
+    def knowledge(self, station: str, flags: Mapping[str, str] | None = None) -> kn.Knowledge:
         known = self._knowledge.get(station)
         if known is None:
-            raw = self.store.flag(station, KNOWLEDGE_FLAG, "")
+            raw = (flags.get(KNOWLEDGE_FLAG, "") if flags is not None
+                   else self.store.flag(station, KNOWLEDGE_FLAG, ""))
             try:
                 known = kn.Knowledge.from_json(orjson.loads(raw)) if raw else kn.Knowledge()
             except orjson.JSONDecodeError:

@@ -430,6 +430,11 @@ class Store:
         ).fetchone()
         return row[0] if row else default
 
+    def flags(self, station: str) -> dict[str, str]:
+        """Every flag of a station, in one read (a booting charger needs several)."""
+        return dict(self._db.execute(
+            "SELECT key, value FROM station_flags WHERE station=?", (station,)).fetchall())
+
     def set_flag(self, station: str, key: str, value: str) -> None:
         with self._atomic():
             self._db.execute(
